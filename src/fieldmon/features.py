@@ -1,0 +1,285 @@
+"""HPSS-Mel features: the one implementation shared by training and scanning.
+
+A 2 s window becomes three 40-band Mel spectrograms (original, harmonic,
+percussive), each in dB relative to its own maximum and scaled to [0, 1].
+The definition follows librosa (stft + decompose.hpss + melspectrogram +
+power_to_db), which the tests use as the reference:
+
+- Hann frames of ``frame_seconds`` every ``hop_seconds``, centred with zero
+  padding as librosa.stft does; of the ``1 + window/hop`` frames that gives,
+  the first ``n_frames`` are kept (201 -> 200 at the defaults).
+- HPSS on the magnitude spectrogram: median filters of ``hpss_kernel`` bins
+  across time (harmonic) and across frequency (percussive) with scipy's
+  'reflect' edges, soft masks with ``hpss_power``.
+- Mel filterbank (librosa.filters.mel, Slaney) on the power spectrogram of
+  each component, then 10*log10 relative to the channel's maximum, floored
+  at ``-top_db`` and mapped linearly to [0, 1].
+
+The median filters dominate the cost. On CPU they run as an exact sliding
+window median in numba (about 10x faster than scipy); on other devices as
+torch unfold + median so that everything stays on the device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numba
+import numpy as np
+import torch
+
+from fieldmon.settings import settings_fingerprint, settings_from_dict, settings_to_dict
+
+AMIN = 1e-10  # librosa.power_to_db's floor
+
+
+@dataclass(frozen=True)
+class FeatureSettings:
+    sample_rate: int = 44100
+    window_seconds: float = 2.0
+    frame_seconds: float = 0.02
+    hop_seconds: float = 0.01
+    n_frames: int = 200
+    n_mels: int = 40
+    fmin: float = 0.0
+    fmax: float | None = None  # None: Nyquist
+    hpss_kernel: int = 31
+    hpss_power: float = 2.0
+    top_db: float = 80.0
+
+    def __post_init__(self) -> None:
+        if self.hpss_kernel % 2 != 1:
+            raise ValueError("hpss_kernel must be odd so that the median is one sample")
+        available = 1 + self.window_samples // self.hop_length
+        if self.n_frames > available:
+            raise ValueError(f"n_frames={self.n_frames} but a window only has {available} frames")
+
+    @property
+    def window_samples(self) -> int:
+        return round(self.window_seconds * self.sample_rate)
+
+    @property
+    def frame_length(self) -> int:
+        return round(self.frame_seconds * self.sample_rate)
+
+    @property
+    def hop_length(self) -> int:
+        return round(self.hop_seconds * self.sample_rate)
+
+    @property
+    def n_bins(self) -> int:
+        return self.frame_length // 2 + 1
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (3, self.n_mels, self.n_frames)
+
+    def to_dict(self) -> dict:
+        return settings_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> FeatureSettings:
+        return settings_from_dict(cls, data)
+
+    def fingerprint(self) -> str:
+        return settings_fingerprint(self)
+
+
+class FeatureSettingsMismatch(ValueError):
+    pass
+
+
+def check_same_settings(expected: FeatureSettings, actual: FeatureSettings) -> None:
+    if expected != actual:
+        diffs = [
+            f"{k}: model {v!r}, features {actual.to_dict()[k]!r}"
+            for k, v in expected.to_dict().items()
+            if actual.to_dict()[k] != v
+        ]
+        raise FeatureSettingsMismatch(
+            "features were computed with other settings than the model expects ("
+            + "; ".join(diffs)
+            + ")"
+        )
+
+
+def repeat_to_length(samples: np.ndarray, length: int) -> np.ndarray:
+    """Repeat a clip from its start until it is ``length`` samples long (paper, III.C)."""
+    if len(samples) == 0:
+        raise ValueError("cannot repeat an empty clip")
+    if len(samples) >= length:
+        return samples[:length]
+    return np.tile(samples, -(-length // len(samples)))[:length]
+
+
+class FeatureExtractor:
+    """Turns batches of windows ``[batch, window_samples]`` into ``[batch, 3, n_mels, n_frames]``.
+
+    Holds the Hann window and Mel basis on ``device`` so a scan keeps them resident.
+    ``median`` picks the median-filter backend: "auto" is numba on CPU and torch elsewhere.
+    """
+
+    def __init__(
+        self,
+        settings: FeatureSettings = FeatureSettings(),
+        device: str | torch.device = "cpu",
+        median: str = "auto",
+    ) -> None:
+        self.settings = settings
+        self.device = torch.device(device)
+        if median == "auto":
+            median = "numba" if self.device.type == "cpu" else "torch"
+        if median not in ("numba", "torch"):
+            raise ValueError(f"median must be auto, numba or torch, not {median!r}")
+        if median == "numba" and self.device.type != "cpu":
+            raise ValueError("the numba median filter runs on the CPU only")
+        self.median = median
+        # The STFT runs in float64: in float32 its rounding noise is large relative to
+        # bins 60-80 dB below the peak, which then differ from the reference by >1e-3 dB.
+        self._window = torch.hann_window(settings.frame_length, periodic=True, dtype=torch.float64, device=self.device)
+
+    @cached_property
+    def mel_basis(self) -> torch.Tensor:
+        import librosa
+
+        s = self.settings
+        basis = librosa.filters.mel(
+            sr=s.sample_rate, n_fft=s.frame_length, n_mels=s.n_mels, fmin=s.fmin, fmax=s.fmax
+        )
+        return torch.from_numpy(basis).to(self.device)
+
+    def __call__(self, windows: np.ndarray | torch.Tensor) -> torch.Tensor:
+        magnitude, harmonic, percussive = self.spectrograms(windows)
+        channels = torch.stack([magnitude, harmonic, percussive], dim=1) ** 2
+        mel = torch.matmul(self.mel_basis, channels)
+        return _to_unit_db(mel, self.settings.top_db)
+
+    def spectrograms(self, windows: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Magnitude spectrogram and its harmonic and percussive parts, ``[batch, bins, frames]`` each."""
+        s = self.settings
+        x = torch.as_tensor(windows, dtype=torch.float32).to(self.device)
+        if x.ndim == 1:
+            x = x[None]
+        if x.ndim != 2 or x.shape[1] != s.window_samples:
+            raise ValueError(
+                f"expected windows of shape [batch, {s.window_samples}], got {tuple(x.shape)}"
+            )
+        # Non-finite samples (broken recorders, float WAVs) would turn a whole window
+        # into NaN; they carry no sound, so they count as silence.
+        x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+        stft = torch.stft(
+            x.double(),
+            n_fft=s.frame_length,
+            hop_length=s.hop_length,
+            window=self._window,
+            center=True,
+            pad_mode="constant",
+            return_complex=True,
+        )
+        magnitude = stft.abs()[..., : s.n_frames].float().contiguous()
+        if len(magnitude) == 0:
+            return magnitude, magnitude, magnitude
+        harmonic, percussive = self._hpss(magnitude)
+        return magnitude, harmonic, percussive
+
+    def _hpss(self, magnitude: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        k = self.settings.hpss_kernel
+        if self.median == "numba":
+            spec = magnitude.numpy()
+            harm = torch.from_numpy(_median_last_axis(spec, k))
+            perc = torch.from_numpy(
+                _median_last_axis(np.ascontiguousarray(spec.transpose(0, 2, 1)), k).transpose(0, 2, 1)
+            )
+        else:
+            harm = _torch_median_last_axis(magnitude, k)
+            perc = _torch_median_last_axis(magnitude.transpose(1, 2), k).transpose(1, 2)
+        p = self.settings.hpss_power
+        mask_harm = _softmask(harm, perc, p)
+        mask_perc = _softmask(perc, harm, p)
+        return magnitude * mask_harm, magnitude * mask_perc
+
+
+def compute_features(
+    windows: np.ndarray | torch.Tensor, settings: FeatureSettings = FeatureSettings()
+) -> torch.Tensor:
+    """Features of a batch of windows on the CPU; see :class:`FeatureExtractor`."""
+    return FeatureExtractor(settings)(windows)
+
+
+def _softmask(x: torch.Tensor, ref: torch.Tensor, power: float) -> torch.Tensor:
+    # librosa.util.softmask with split_zeros=True (margins of 1).
+    z = torch.maximum(x, ref)
+    bad = z < torch.finfo(x.dtype).tiny
+    z = torch.where(bad, torch.ones_like(z), z)
+    mask = (x / z) ** power
+    ref_mask = (ref / z) ** power
+    mask = mask / (mask + ref_mask)
+    return torch.where(bad, torch.full_like(mask, 0.5), mask)
+
+
+def _to_unit_db(power: torch.Tensor, top_db: float) -> torch.Tensor:
+    db = 10.0 * torch.log10(torch.clamp(power, min=AMIN))
+    peak = db.amax(dim=(-2, -1), keepdim=True)
+    db = torch.maximum(db - peak, torch.tensor(-top_db, device=db.device))
+    return (db + top_db) / top_db
+
+
+def _reflect_index(n: int, k: int) -> np.ndarray:
+    """Indices of a length-n axis padded by k//2 on each side in scipy.ndimage's
+    'reflect' mode (d c b a | a b c d | d c b a), repeated for very short axes."""
+    i = np.arange(-(k // 2), n + k // 2)
+    period = 2 * n
+    i = np.mod(i, period)
+    return np.where(i >= n, period - 1 - i, i)
+
+
+@numba.njit(parallel=True, cache=True, fastmath=False)
+def _median_last_axis(x: np.ndarray, k: int) -> np.ndarray:
+    """Exact running median of odd width k along the last axis of a 3-D array,
+    with 'reflect' edges: a sorted window updated by one removal and one insertion
+    per step, O(k) per sample instead of scipy's O(k log k)."""
+    n_batch, n_rows, n = x.shape
+    out = np.empty_like(x)
+    half = k // 2
+    idx = np.empty(n + 2 * half, dtype=np.int64)
+    period = 2 * n
+    for j in range(n + 2 * half):
+        i = (j - half) % period
+        idx[j] = period - 1 - i if i >= n else i
+    for row in numba.prange(n_batch * n_rows):
+        b = row // n_rows
+        r = row % n_rows
+        line = x[b, r]
+        window = np.empty(k, dtype=x.dtype)
+        for j in range(k):
+            window[j] = line[idx[j]]
+        window.sort()
+        out[b, r, 0] = window[half]
+        for t in range(1, n):
+            old = line[idx[t - 1]]
+            new = line[idx[t - 1 + k]]
+            # remove `old`
+            pos = np.searchsorted(window, old)
+            for j in range(pos, k - 1):
+                window[j] = window[j + 1]
+            # insert `new` into the first k-1 sorted values
+            pos = np.searchsorted(window[: k - 1], new)
+            for j in range(k - 1, pos, -1):
+                window[j] = window[j - 1]
+            window[pos] = new
+            out[b, r, t] = window[half]
+    return out
+
+
+def _torch_median_last_axis(x: torch.Tensor, k: int, max_elements: int = 1 << 27) -> torch.Tensor:
+    idx = torch.from_numpy(_reflect_index(x.shape[-1], k)).to(x.device)
+    padded = x.index_select(-1, idx)
+    # unfold multiplies memory by k; chunk the batch to keep it bounded.
+    per_item = x[0].numel() * k if len(x) else 1
+    chunk = max(1, max_elements // per_item)
+    parts = [
+        padded[i : i + chunk].unfold(-1, k, 1).median(dim=-1).values
+        for i in range(0, len(x), chunk)
+    ]
+    return torch.cat(parts)

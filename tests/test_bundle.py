@@ -1,0 +1,164 @@
+from __future__ import annotations
+
+import json
+import pickle
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from fieldmon import BundleError, FeatureSettings, ModelBundle, load_model
+from fieldmon.cli import main
+from fieldmon.features import FeatureSettingsMismatch
+from fieldmon.model.bundle import JSON_NAME, WEIGHTS_NAME
+from fieldmon.model.network import MLPClassifier, MultiscaleCNN
+from fieldmon.model.openset import fit_open_set
+
+CLASSES = ["cricket", "katydid", "cicada"]
+
+
+def make_bundle(crossentropy: bool = False) -> ModelBundle:
+    torch.manual_seed(0)
+    if crossentropy:
+        return ModelBundle(MultiscaleCNN(n_classes=3), CLASSES, name="ce").eval()
+    network = MultiscaleCNN()
+    emb = torch.nn.functional.normalize(torch.randn(12, 128), dim=1)
+    labels = torch.arange(12) % 3
+    open_set = fit_open_set(emb, labels, emb, labels, 3, threshold=0.01)
+    return ModelBundle(network, CLASSES, classifier=MLPClassifier(128, 3), open_set=open_set, name="test",
+                       metrics={"macro_f1": 0.5}, provenance={"command": "test"}).eval()
+
+
+@pytest.fixture
+def saved(tmp_path):
+    bundle = make_bundle()
+    bundle.save(tmp_path / "m")
+    return bundle, tmp_path / "m"
+
+
+@pytest.mark.parametrize("crossentropy", [False, True])
+def test_round_trip_gives_identical_outputs(tmp_path, crossentropy):
+    bundle = make_bundle(crossentropy)
+    bundle.save(tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
+    features = torch.rand(5, 3, 40, 200)
+    a, b = bundle.predict(features, FeatureSettings()), loaded.predict(features, FeatureSettings())
+    assert torch.equal(a.probabilities, b.probabilities)
+    if crossentropy:
+        assert b.embeddings is None and b.open_set_scores is None
+    else:
+        assert torch.equal(a.embeddings, b.embeddings)
+        assert torch.equal(a.open_set_scores, b.open_set_scores)
+    assert loaded.model_id == bundle.model_id and loaded.model_id.startswith(bundle.name + "-")
+    assert loaded.class_names == CLASSES and loaded.loss == bundle.loss
+    assert loaded.metrics == bundle.metrics and loaded.provenance == bundle.provenance
+
+
+def test_model_id_follows_the_weights(tmp_path):
+    a, b = make_bundle(), make_bundle()
+    a.save(tmp_path / "a")
+    with torch.no_grad():
+        b.network.trunk.layers[0].weight[0, 0, 0, 0] += 1
+    b.save(tmp_path / "b")
+    assert a.model_id != b.model_id
+
+
+def test_refuses_features_from_other_settings(saved):
+    bundle, _ = saved
+    with pytest.raises(FeatureSettingsMismatch, match="sample_rate"):
+        bundle.predict(torch.rand(1, 3, 40, 200), FeatureSettings(sample_rate=48000))
+
+
+def test_truncated_weights(saved):
+    _, path = saved
+    data = (path / WEIGHTS_NAME).read_bytes()
+    (path / WEIGHTS_NAME).write_bytes(data[: len(data) // 2])
+    with pytest.raises(BundleError, match="truncated, corrupted or was modified"):
+        load_model(path)
+
+
+def test_tampered_weights(saved):
+    _, path = saved
+    data = bytearray((path / WEIGHTS_NAME).read_bytes())
+    data[-10] ^= 0xFF
+    (path / WEIGHTS_NAME).write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="checksum"):
+        load_model(path)
+
+
+def edit_json(path, change):
+    meta = json.loads((path / JSON_NAME).read_text())
+    change(meta)
+    (path / JSON_NAME).write_text(json.dumps(meta))
+
+
+def test_wrong_format_version(saved):
+    _, path = saved
+    edit_json(path, lambda m: m.update(format_version=99))
+    with pytest.raises(BundleError, match="format version 99"):
+        load_model(path)
+
+
+def test_edited_class_list_does_not_fit_weights(saved):
+    _, path = saved
+    edit_json(path, lambda m: m["class_names"].append("bee"))
+    with pytest.raises(BundleError, match="do not fit together"):
+        load_model(path)
+
+
+def test_edited_network_settings_do_not_fit_weights(saved):
+    _, path = saved
+    edit_json(path, lambda m: m["network_settings"].update(channels=32))
+    with pytest.raises(BundleError, match="do not fit together"):
+        load_model(path)
+
+
+def test_broken_json(saved):
+    _, path = saved
+    (path / JSON_NAME).write_text('{"format": "fieldmon-model", ')
+    with pytest.raises(BundleError, match="not valid JSON"):
+        load_model(path)
+
+
+def test_missing_pieces(tmp_path, saved):
+    _, path = saved
+    with pytest.raises(BundleError, match="no such model directory"):
+        load_model(tmp_path / "nowhere")
+    with pytest.raises(BundleError, match="model.json is missing"):
+        load_model(tmp_path)
+    (path / WEIGHTS_NAME).unlink()
+    with pytest.raises(BundleError, match="model.safetensors is missing"):
+        load_model(path)
+
+
+class Exploit:
+    def __reduce__(self):
+        return (open, ("/tmp/fieldmon-pwned", "w"))
+
+
+def test_pickle_is_never_executed(tmp_path):
+    target = tmp_path / "model.pt"
+    target.write_bytes(pickle.dumps(Exploit(), protocol=4))
+    with pytest.raises(BundleError, match="never unpickles"):
+        load_model(target)
+    # a pickle hidden under the bundle's weights name is not unpickled either
+    bundle_dir = tmp_path / "b"
+    make_bundle().save(bundle_dir)
+    (bundle_dir / WEIGHTS_NAME).write_bytes(pickle.dumps(Exploit(), protocol=4))
+    with pytest.raises(BundleError):
+        load_model(bundle_dir)
+    import os
+    assert not os.path.exists("/tmp/fieldmon-pwned")
+
+
+def test_cli_info_and_version(saved):
+    bundle, path = saved
+    runner = CliRunner()
+    result = runner.invoke(main, ["info", str(path)])
+    assert result.exit_code == 0, result.output
+    assert bundle.model_id in result.output and "katydid" in result.output
+    assert "upper_tail_gaussian" in result.output and "macro_f1" in result.output
+    bad = runner.invoke(main, ["info", str(path.parent / "missing")])
+    assert bad.exit_code == 1 and "no such model directory" in bad.output
+    version = runner.invoke(main, ["--version"])
+    assert version.exit_code == 0 and "fieldmon, version" in version.output

@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from conftest import click_train, harmonic_tone, noise, require_shared, INSECTSET
+from librosa_reference import reference_features_db
+
+from fieldmon.features import (
+    FeatureExtractor,
+    FeatureSettings,
+    FeatureSettingsMismatch,
+    check_same_settings,
+    compute_features,
+    repeat_to_length,
+)
+
+SETTINGS = FeatureSettings()
+TOLERANCE_DB = 1e-3
+
+
+def to_db(features: torch.Tensor) -> np.ndarray:
+    return features.numpy().astype(np.float64) * SETTINGS.top_db - SETTINGS.top_db
+
+
+def real_windows(n_files: int = 4) -> np.ndarray:
+    clips = sorted(require_shared(INSECTSET).glob("clips/*/*.flac"))
+    picked = clips[:: max(1, len(clips) // n_files)][:n_files]
+    windows = []
+    for path in picked:
+        y, sr = sf.read(path, dtype="float32")
+        assert sr == SETTINGS.sample_rate
+        # a window from the middle of the clip, where the insect is usually calling
+        start = max(0, len(y) // 2 - SETTINGS.window_samples // 2)
+        windows.append(repeat_to_length(y[start:], SETTINGS.window_samples))
+    return np.stack(windows)
+
+
+@pytest.mark.parametrize("median", ["numba", "torch"])
+def test_matches_librosa_on_real_clips(median):
+    windows = real_windows()
+    got = to_db(FeatureExtractor(SETTINGS, median=median)(windows))
+    for window, features in zip(windows, got):
+        assert np.abs(features - reference_features_db(window)).max() <= TOLERANCE_DB
+
+
+@pytest.mark.parametrize(
+    "signal",
+    [harmonic_tone(440, 2.0), click_train(8, 2.0), harmonic_tone(2000, 2.0) + click_train(5, 2.0) + noise(2.0)],
+    ids=["tone", "clicks", "mixture"],
+)
+def test_matches_librosa_on_synthetic_signals(signal):
+    got = to_db(compute_features(signal[None]))[0]
+    assert np.abs(got - reference_features_db(signal)).max() <= TOLERANCE_DB
+
+
+def component_energy(signal: np.ndarray) -> tuple[float, float]:
+    _, harmonic, percussive = FeatureExtractor().spectrograms(signal[None])
+    return float((harmonic**2).sum()), float((percussive**2).sum())
+
+
+def test_harmonic_tone_lands_in_harmonic_channel():
+    harmonic, percussive = component_energy(harmonic_tone(440, 2.0))
+    assert harmonic > 100 * percussive
+
+
+def test_click_train_lands_in_percussive_channel():
+    harmonic, percussive = component_energy(click_train(8, 2.0))
+    assert percussive > 10 * harmonic
+
+
+def test_shape_range_and_batch_independence():
+    batch = np.stack([harmonic_tone(300, 2.0), noise(2.0), click_train(4, 2.0)])
+    features = compute_features(batch)
+    assert features.dtype == torch.float32
+    assert features.shape == (3, *SETTINGS.shape) == (3, 3, 40, 200)
+    assert features.min() >= 0 and features.max() <= 1
+    # each channel's peak maps to 1 (0 dB relative to its own maximum)
+    assert torch.allclose(features.amax(dim=(2, 3)), torch.ones(3, 3))
+    alone = compute_features(batch[1:2])
+    assert torch.equal(alone[0], features[1])
+
+
+def test_non_finite_samples_never_reach_the_features():
+    y = noise(2.0)
+    y[100:200] = np.nan
+    y[5000] = np.inf
+    features = compute_features(y[None])
+    assert torch.isfinite(features).all()
+
+
+def test_rejects_wrong_window_length():
+    with pytest.raises(ValueError, match="expected windows of shape"):
+        compute_features(np.zeros((1, 1000), np.float32))
+
+
+def test_repeat_to_length_repeats_from_the_start():
+    clip = np.arange(3, dtype=np.float32)
+    assert repeat_to_length(clip, 7).tolist() == [0, 1, 2, 0, 1, 2, 0]
+    assert repeat_to_length(np.arange(10.0), 4).tolist() == [0, 1, 2, 3]
+    with pytest.raises(ValueError):
+        repeat_to_length(np.zeros(0), 4)
+
+
+def test_settings_round_trip_and_mismatch():
+    other = FeatureSettings(n_mels=64)
+    assert FeatureSettings.from_dict(SETTINGS.to_dict()) == SETTINGS
+    assert SETTINGS.fingerprint() != other.fingerprint()
+    with pytest.raises(FeatureSettingsMismatch, match="n_mels"):
+        check_same_settings(SETTINGS, other)
+    with pytest.raises(ValueError, match="unknown"):
+        FeatureSettings.from_dict({**SETTINGS.to_dict(), "colour": "blue"})
+    with pytest.raises(ValueError, match="odd"):
+        FeatureSettings(hpss_kernel=30)
+
+
+def test_other_sample_rate_keeps_200_frames():
+    s = FeatureSettings(sample_rate=22050)
+    features = FeatureExtractor(s)(noise(2.0, sr=22050)[None])
+    assert features.shape == (1, 3, 40, 200)

@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fieldmon.model.network import (
+    EMBEDDING_PARAMETERS,
+    MLPClassifier,
+    MultiscaleCNN,
+    NetworkSettings,
+    count_parameters,
+)
+
+
+def test_parameter_count_of_our_reading_of_the_paper():
+    # conv1 1,792 + 4 x (MAM 180,576 + strided conv 147,520) + dense 16,640 + 32,896 + 16,512
+    assert count_parameters(MultiscaleCNN()) == EMBEDDING_PARAMETERS == 1_380_224
+
+
+def test_embeddings_are_unit_vectors_of_128_dimensions():
+    net = MultiscaleCNN().eval()
+    out = net(torch.rand(4, 3, 40, 200))
+    assert out.shape == (4, 128)
+    assert torch.allclose(out.norm(dim=1), torch.ones(4), atol=1e-5)
+
+
+def test_mel_axis_is_strided_to_one_and_time_axis_kept():
+    net = MultiscaleCNN()
+    shapes = []
+    x = torch.rand(1, 3, 40, 200)
+    for layer in net.trunk.layers:
+        x = layer(x)
+        if isinstance(layer, torch.nn.Conv2d):
+            shapes.append(tuple(x.shape[1:]))
+    assert shapes == [(64, 40, 200), (64, 20, 200), (64, 10, 200), (64, 5, 200), (64, 1, 200)]
+    assert net.trunk(torch.rand(2, 3, 40, 200)).shape == (2, 64)
+
+
+def test_multiscale_module_has_four_strands_of_64():
+    module = MultiscaleCNN().trunk.layers[2]
+    kernels = [module.pointwise.kernel_size] + [strand[-1].kernel_size for strand in module.strands]
+    assert kernels == [(1, 1), (3, 3), (5, 5), (7, 7)]
+    assert [strand[0].out_channels for strand in module.strands] == [32, 32, 32]
+    assert module(torch.rand(1, 64, 10, 20)).shape == (1, 256, 10, 20)
+
+
+def test_dropout_only_in_training_mode():
+    net = MultiscaleCNN()
+    x = torch.rand(2, 3, 40, 200)
+    net.eval()
+    assert torch.equal(net(x), net(x))
+    dropouts = [m for m in net.head.modules() if isinstance(m, torch.nn.Dropout)]
+    assert len(dropouts) == 3 and all(d.p == 0.5 for d in dropouts)
+
+
+def test_crossentropy_variant_ends_in_class_logits():
+    net = MultiscaleCNN(n_classes=7)
+    assert net(torch.rand(2, 3, 40, 200)).shape == (2, 7)
+    assert not net.is_embedding
+    assert count_parameters(net) == EMBEDDING_PARAMETERS - 128 * 129 + 128 * 7 + 7
+
+
+def test_mlp_classifier_shape():
+    mlp = MLPClassifier(128, 5)
+    assert mlp(torch.rand(3, 128)).shape == (3, 5)
+    assert count_parameters(mlp) == 128 * 256 + 256 + 256 * 5 + 5
+
+
+def test_strides_must_reduce_mel_axis_to_one():
+    with pytest.raises(ValueError, match="reduce 40 Mel bands to 3"):
+        NetworkSettings(mel_strides=(2, 2, 2, 2))
+    assert NetworkSettings.from_dict(NetworkSettings().to_dict()) == NetworkSettings()
