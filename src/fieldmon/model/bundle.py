@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -27,6 +26,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from fieldmon.features import FeatureSettings, check_same_settings
+from fieldmon.fileio import atomic_write
 from fieldmon.model.network import MLPClassifier, MultiscaleCNN, NetworkSettings
 from fieldmon.model.openset import OpenSetParams
 
@@ -149,8 +149,8 @@ class ModelBundle:
             "provenance": self.provenance,
             "weights_sha256": digest,
         }
-        _atomic_write(directory / WEIGHTS_NAME, weights)
-        _atomic_write(directory / JSON_NAME, (json.dumps(meta, indent=2) + "\n").encode())
+        atomic_write(directory / WEIGHTS_NAME, weights)
+        atomic_write(directory / JSON_NAME, (json.dumps(meta, indent=2) + "\n").encode())
         return directory
 
     @classmethod
@@ -255,16 +255,3 @@ def load_model(model: str | os.PathLike = DEFAULT_MODEL) -> ModelBundle:
 
 def _section(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -1,0 +1,95 @@
+"""Console side of ``fieldmon train`` and ``fieldmon evaluate``."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from fieldmon.train.dataset import ClipSet
+from fieldmon.train.loop import StepReport
+
+
+class TrainDisplay:
+    """Rich progress on a terminal; a plain log line every ``log_every`` steps otherwise (cron, nohup)."""
+
+    def __init__(self, quiet: bool = False, log_every: int = 10) -> None:
+        self.console = Console(stderr=True, quiet=quiet)
+        self.interactive = self.console.is_terminal
+        self.log_every = log_every
+        self.progress: Progress | None = None
+        self.task = None
+        self.first_step_logged = False
+        self.started = time.monotonic()
+
+    def message(self, text: str) -> None:
+        self.console.print(text, markup=False, highlight=False)
+
+    def clips_found(self, clips: ClipSet) -> None:
+        table = Table(title=f"{len(clips.clips)} clips of {len(clips.class_names)} species in {clips.source}")
+        for column in ("species", "clips", "minutes", "train", "validation", "test"):
+            table.add_column(column, justify="left" if column == "species" else "right")
+        for name, n, minutes in clips.summary():
+            per_split = [sum(1 for c in clips.in_split(s) if c.label == name) for s in ("train", "validation", "test")]
+            table.add_row(name, str(n), f"{minutes:.1f}", *map(str, per_split))
+        self.console.print(table)
+
+    def step(self, report: StepReport) -> None:
+        total = report.total_steps or report.total_minibatches
+        done = report.step if report.total_steps else report.minibatch
+        if not self.first_step_logged:
+            self.first_step_logged = True
+            if total:
+                eta = report.seconds_per_step * (total - done)
+                self.message(f"first step took {report.seconds_per_step:.1f} s; about {eta / 60:.0f} min for the remaining "
+                             f"{total - done} {'steps' if report.total_steps else 'mini-batches'}")
+        fields = f"loss {report.loss:.4f}"
+        if report.margin is not None:
+            fields += f"  margin {report.margin:.2f}"
+        if report.semi_hard is not None:
+            fields += f"  semi-hard {report.semi_hard}"
+        if self.interactive:
+            if self.progress is None:
+                self.progress = Progress(TextColumn("step {task.completed}/{task.total}"), BarColumn(),
+                                         TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                                         console=self.console)
+                self.progress.start()
+                self.task = self.progress.add_task("train", total=total, completed=done, info=fields)
+            self.progress.update(self.task, completed=done, info=fields)
+        elif report.step % self.log_every == 0:
+            self.message(f"step {report.step}{'/' + str(total) if total else ''}  {fields}  "
+                         f"{report.seconds_per_step:.2f} s/step")
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def print_evaluation(result: dict, json_out: Path | None) -> None:
+    console = Console()
+    table = Table(title="evaluation", show_header=False, title_justify="left")
+    for key in ("windows", "files", "macro_f1", "file_macro_f1", "accuracy", "macro_f1_with_rejection",
+                "known_rejected", "outlier_windows", "rejection_accuracy"):
+        if key in result:
+            value = result[key]
+            table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    console.print(table)
+    per_class = Table(title="per species (windows)", title_justify="left")
+    for column in ("species", "precision", "recall", "f1", "support"):
+        per_class.add_column(column, justify="left" if column == "species" else "right")
+    for name, row in result["per_class"].items():
+        per_class.add_row(name, f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}", str(row["support"]))
+    console.print(per_class)
+    if json_out is not None:
+        json_out.write_text(json.dumps(result, indent=2) + "\n")
+        console.print(f"wrote {json_out}")
+
+
+def fail(exc: Exception) -> None:
+    raise click.ClickException(str(exc)) from exc
+

@@ -1,0 +1,1 @@
+"""Evaluation: scores for window and file predictions, with open-set rejection."""

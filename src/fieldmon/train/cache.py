@@ -1,0 +1,96 @@
+"""Features of labelled clips, cached on disk.
+
+A clip's windows are keyed by the file's content (sha256) and the feature settings
+and hop, so a second run, or a run on a renamed copy, does not recompute them, and a
+change of settings can never reuse stale features.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from fieldmon.audio import cut_windows, load_audio
+from fieldmon.features import FeatureExtractor, FeatureSettings
+from fieldmon.fileio import atomic_write
+from fieldmon.train.dataset import Clip
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "fieldmon" / "features"
+
+
+@dataclass
+class WindowSet:
+    """Every window of a clip set: features and where each came from."""
+
+    features: np.ndarray  # [N, 3, n_mels, n_frames] float32
+    labels: np.ndarray  # [N] class index
+    clip_index: np.ndarray  # [N] index into clips
+    clips: list[Clip]
+
+    def subset(self, mask: np.ndarray) -> WindowSet:
+        return WindowSet(self.features[mask], self.labels[mask], self.clip_index[mask], self.clips)
+
+    def in_split(self, split: str) -> WindowSet:
+        splits = np.array([c.split for c in self.clips], dtype=object)
+        return self.subset(splits[self.clip_index] == split)
+
+
+class FeatureCache:
+    def __init__(self, directory: Path | None, settings: FeatureSettings, hop_seconds: float, batch: int = 32) -> None:
+        self.directory = Path(directory) if directory is not None else default_cache_dir()
+        self.settings = settings
+        self.hop = round(hop_seconds * settings.sample_rate)
+        self.extractor = FeatureExtractor(settings)
+        self.batch = batch
+        self.hits = 0
+        self.misses = 0
+
+    def clip_features(self, path: Path) -> np.ndarray:
+        content = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        key = hashlib.sha256(f"{content}:{self.settings.fingerprint()}:{self.hop}".encode()).hexdigest()[:32]
+        cached = self.directory / key[:2] / f"{key}.npy"
+        if cached.is_file():
+            try:
+                self.hits += 1
+                return np.load(cached, allow_pickle=False)
+            except (ValueError, OSError):
+                pass  # a damaged cache entry is recomputed, never trusted
+        self.misses += 1
+        samples = load_audio(path, self.settings.sample_rate)
+        # Training uses full windows; a clip shorter than one window is repeated (paper, III.C).
+        windows = cut_windows(samples, self.settings.window_samples, self.hop, keep_partial=False).samples
+        features = np.concatenate(
+            [self.extractor(windows[i : i + self.batch]).numpy() for i in range(0, len(windows), self.batch)]
+        )
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        np.save(buffer, features, allow_pickle=False)
+        atomic_write(cached, buffer.getvalue())
+        return features
+
+
+def build_window_set(
+    clips: list[Clip],
+    class_names: list[str],
+    cache: FeatureCache,
+    on_clip: Callable[[int], None] | None = None,
+) -> WindowSet:
+    index = {name: i for i, name in enumerate(class_names)}
+    features, labels, clip_index = [], [], []
+    for i, clip in enumerate(clips):
+        f = cache.clip_features(clip.path)
+        features.append(f)
+        labels.append(np.full(len(f), index[clip.label], dtype=np.int64))
+        clip_index.append(np.full(len(f), i, dtype=np.int64))
+        if on_clip:
+            on_clip(i)
+    return WindowSet(np.concatenate(features), np.concatenate(labels), np.concatenate(clip_index), clips)

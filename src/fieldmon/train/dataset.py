@@ -1,0 +1,195 @@
+"""Labelled clips for training and evaluation: discovery, up-front checks, and the split.
+
+CLIPS is either a folder with one sub-folder per species, or a CSV manifest with
+``path,label[,split]`` (``species`` is accepted for ``label``; relative paths are
+relative to the CSV). Every problem found is reported at once, before any long work.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from fieldmon.audio import is_audio_file
+
+SPLITS = ("train", "validation", "test")
+PAPER_SPLIT = (0.50, 0.15, 0.35)
+
+
+class DatasetError(Exception):
+    """Unusable training input; the message lists every problem found."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("cannot use these clips:\n  - " + "\n  - ".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class Clip:
+    path: Path
+    label: str
+    split: str | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class ClipSet:
+    clips: list[Clip]
+    source: Path
+
+    @property
+    def class_names(self) -> list[str]:
+        return sorted({c.label for c in self.clips})
+
+    def in_split(self, split: str) -> list[Clip]:
+        return [c for c in self.clips if c.split == split]
+
+    def summary(self) -> list[tuple[str, int, float]]:
+        """(species, clips, minutes) per species."""
+        count: Counter[str] = Counter()
+        seconds: Counter[str] = Counter()
+        for clip in self.clips:
+            count[clip.label] += 1
+            seconds[clip.label] += clip.seconds
+        return [(name, count[name], seconds[name] / 60) for name in self.class_names]
+
+    def manifest_hash(self) -> str:
+        """Hash of what was trained on (paths, labels, splits), for provenance."""
+        rows = sorted((str(c.path), c.label, c.split or "") for c in self.clips)
+        return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+
+    def split_table(self) -> list[dict]:
+        root = self.source if self.source.is_dir() else self.source.parent
+        return [{"path": _relative(c.path, root), "label": c.label, "split": c.split} for c in self.clips]
+
+
+def load_clips(source: str | Path, known_labels: list[str] | None = None) -> ClipSet:
+    """Read a clip folder or manifest, checking every file before returning.
+
+    ``known_labels``: when given (evaluation), labels outside it are an error.
+    """
+    source = Path(source)
+    problems: list[str] = []
+    if not source.exists():
+        raise DatasetError([f"{source}: no such file or folder"])
+    clips = _from_manifest(source, problems) if source.is_file() else _from_folder(source, problems)
+    checked = []
+    for clip in clips:
+        if not clip.path.is_file():
+            problems.append(f"{clip.path}: file not found")
+            continue
+        try:
+            info = sf.info(str(clip.path))
+        except Exception as exc:  # soundfile raises several types for unreadable files
+            problems.append(f"{clip.path}: not readable audio ({exc})")
+            continue
+        if info.frames == 0:
+            problems.append(f"{clip.path}: holds no audio samples")
+            continue
+        checked.append(Clip(clip.path, clip.label, clip.split, info.frames / info.samplerate))
+    if known_labels is not None:
+        unknown = sorted({c.label for c in checked} - set(known_labels))
+        if unknown:
+            problems.append(f"labels the model does not know: {', '.join(unknown)}")
+    if not checked and not problems:
+        problems.append(f"{source}: no audio clips found")
+    if problems:
+        raise DatasetError(problems)
+    return ClipSet(checked, source)
+
+
+def _from_folder(folder: Path, problems: list[str]) -> list[Clip]:
+    clips = []
+    species_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not species_dirs:
+        problems.append(f"{folder}: expected one sub-folder per species, found none")
+    for species_dir in species_dirs:
+        files = sorted(p for p in species_dir.rglob("*") if p.is_file() and is_audio_file(p))
+        if not files:
+            problems.append(f"{species_dir}: species folder holds no audio files")
+        clips += [Clip(path, species_dir.name) for path in files]
+    return clips
+
+
+def _from_manifest(manifest: Path, problems: list[str]) -> list[Clip]:
+    try:
+        with open(manifest, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        problems.append(f"{manifest}: not a readable CSV ({exc})")
+        return []
+    if not rows:
+        problems.append(f"{manifest}: the manifest has no rows")
+        return []
+    label_key = "label" if "label" in rows[0] else "species" if "species" in rows[0] else None
+    if "path" not in rows[0] or label_key is None:
+        problems.append(f"{manifest}: needs columns path and label (found {', '.join(rows[0])})")
+        return []
+    clips = []
+    for line, row in enumerate(rows, start=2):
+        split = (row.get("split") or "").strip() or None
+        if split is not None and split not in SPLITS:
+            problems.append(f"{manifest}:{line}: split {split!r} is not one of {', '.join(SPLITS)}")
+            continue
+        label = (row[label_key] or "").strip()
+        if not label:
+            problems.append(f"{manifest}:{line}: empty label")
+            continue
+        path = Path(row["path"])
+        clips.append(Clip(path if path.is_absolute() else manifest.parent / path, label, split))
+    return clips
+
+
+def assign_splits(clips: ClipSet, seed: int, fractions: tuple[float, float, float] = PAPER_SPLIT) -> ClipSet:
+    """Stratified split by file (never by window, so windows of one recording never
+    straddle two splits). A manifest's own split is kept as given."""
+    given = [c.split is not None for c in clips.clips]
+    if all(given):
+        _check_given_split(clips)
+        return clips
+    if any(given):
+        raise DatasetError(["the manifest gives a split for some clips but not for others"])
+    rng = np.random.default_rng(seed)
+    by_label: dict[str, list[Clip]] = defaultdict(list)
+    for clip in clips.clips:
+        by_label[clip.label].append(clip)
+    problems, out = [], []
+    for label in sorted(by_label):
+        files = by_label[label]
+        if len(files) < 3:
+            problems.append(
+                f"species {label!r} has {len(files)} clip(s); the train/validation/test split needs at least 3"
+            )
+            continue
+        order = rng.permutation(len(files))
+        n_val = max(1, round(fractions[1] * len(files)))
+        n_train = max(1, min(len(files) - n_val - 1, round(fractions[0] * len(files))))
+        for rank, i in enumerate(order):
+            split = "train" if rank < n_train else "validation" if rank < n_train + n_val else "test"
+            out.append(Clip(files[i].path, label, split, files[i].seconds))
+    if problems:
+        raise DatasetError(problems)
+    return ClipSet(sorted(out, key=lambda c: (c.label, str(c.path))), clips.source)
+
+
+def _check_given_split(clips: ClipSet) -> None:
+    problems = []
+    for label in clips.class_names:
+        if not any(c.label == label and c.split == "train" for c in clips.clips):
+            problems.append(f"species {label!r} has no clip in the train split")
+    if problems:
+        raise DatasetError(problems)
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from fieldmon.model.openset import fit_open_set
+
+
+def test_fit_and_scores_match_hand_computation():
+    # class 0 training embeddings average to (1, 0); class 1 to (0, 1)
+    train = torch.tensor([[1.0, 0.2], [1.0, -0.2], [0.2, 1.0], [-0.2, 1.0]])
+    train_labels = torch.tensor([0, 0, 1, 1])
+    # validation distances from (1, 0): 0.1 and 0.3 -> mean 0.2, MLE std 0.1
+    val = torch.tensor([[1.1, 0.0], [1.3, 0.0], [0.0, 1.5]])
+    val_labels = torch.tensor([0, 0, 1])
+    params = fit_open_set(train, train_labels, val, val_labels, n_classes=2, threshold=0.05)
+    assert torch.allclose(params.class_means, torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    assert params.distance_mean[0].item() == pytest.approx(0.2)
+    assert params.distance_std[0].item() == pytest.approx(0.1)
+    # one validation window for class 1: its spread falls back to the floor
+    assert params.distance_mean[1].item() == pytest.approx(0.5)
+    assert params.distance_std[1].item() == pytest.approx(1e-3)
+
+    probes = torch.tensor([[1.2, 0.0], [1.3, 0.0], [1.6, 0.0]])
+    scores = params.scores(probes, torch.tensor([0, 0, 0]))
+    # upper tail of N(0.2, 0.1): at the mean 0.5, one sigma above 0.1587, four sigma ~3e-5
+    assert scores[0].item() == pytest.approx(0.5, abs=1e-6)
+    assert scores[1].item() == pytest.approx(0.5 * math.erfc(1 / math.sqrt(2)), abs=1e-6)
+    assert scores[2].item() < 1e-4
+    assert params.is_known(scores).tolist() == [True, True, False]
+
+
+def test_json_round_trip_and_device_move():
+    emb = torch.nn.functional.normalize(torch.randn(20, 4), dim=1)
+    labels = torch.arange(20) % 2
+    params = fit_open_set(emb, labels, emb, labels, 2, threshold=0.01)
+    again = type(params).from_json(params.to_json(), params.class_means)
+    probe = torch.nn.functional.normalize(torch.randn(5, 4), dim=1)
+    pred = torch.tensor([0, 1, 0, 1, 0])
+    assert torch.allclose(params.scores(probe, pred), again.scores(probe, pred))
+    assert torch.equal(params.to("cpu").scores(probe, pred), params.scores(probe, pred))
+    with pytest.raises(ValueError, match="unknown open-set rule"):
+        type(params).from_json({**params.to_json(), "rule": "magic"}, params.class_means)
+
+
+def test_class_without_training_embeddings_is_an_error():
+    emb = torch.randn(4, 3)
+    with pytest.raises(ValueError, match="class 2"):
+        fit_open_set(emb, torch.tensor([0, 0, 1, 1]), emb, torch.tensor([0, 0, 1, 1]), 3, 0.01)

@@ -1,0 +1,174 @@
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from conftest import INSECTSET, require_shared
+from fieldmon import load_model
+from fieldmon.cli import main
+from fieldmon.model.network import MultiscaleCNN, NetworkSettings
+from fieldmon.train.api import TrainCallbacks, train
+from fieldmon.train.loop import TrainingData, TrainingLoop
+from fieldmon.train.settings import TrainSettings
+
+TINY = NetworkSettings(channels=4, reduce_channels=2, dense_units=(8, 8, 8))
+QUIET = TrainCallbacks(message=lambda text: None)
+
+
+def synthetic_data(n_classes: int = 3, per_class: int = 6) -> TrainingData:
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(n_classes).repeat_interleave(per_class)
+    # class-dependent offsets so that training has something to learn
+    inputs = torch.rand(len(labels), 3, 40, 20, generator=g) + labels[:, None, None, None] * 0.3
+    return TrainingData(inputs, labels, inputs[::2], labels[::2], n_classes)
+
+
+def make_loop(tmp: Path, settings: TrainSettings, n_classes_head: bool = False) -> TrainingLoop:
+    torch.manual_seed(settings.seed)
+    module = MultiscaleCNN(TINY, n_classes=3 if settings.loss == "crossentropy" else None)
+    return TrainingLoop(module, synthetic_data(), settings, torch.device("cpu"), tmp, on_message=lambda t: None)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [dict(loss="triplet"), dict(loss="triplet", triplet_update="paper", triplet_batch=4),
+     dict(loss="crossentropy")],
+    ids=["triplet-minibatch", "triplet-paper", "crossentropy"],
+)
+def test_resume_continues_bit_for_bit(tmp_path, options):
+    settings = TrainSettings(steps=6, windows_per_class=3, eval_every=2, checkpoint_every=3, margin_start=0.5, **options)
+    straight = make_loop(tmp_path / "a", settings)
+    straight.run()
+
+    first = make_loop(tmp_path / "b", settings)
+    first.on_step = lambda report: report.step == 3 and os.kill(os.getpid(), signal.SIGINT)
+    assert first.run().interrupted
+    resumed = make_loop(tmp_path / "b", settings)
+    resumed.load_checkpoint()
+    assert resumed.state.step == 3
+    resumed.run()
+
+    for name, value in straight.module.state_dict().items():
+        assert torch.equal(value, resumed.module.state_dict()[name]), name
+    assert straight.state.margin == resumed.state.margin
+    assert straight.state.history == resumed.state.history
+    assert straight.state.best_step == resumed.state.best_step
+    for name, value in straight.best_weights.items():
+        assert torch.equal(value, resumed.best_weights[name]), name
+
+
+def test_training_changes_weights_and_finds_triplets(tmp_path):
+    loop = make_loop(tmp_path, TrainSettings(steps=3, windows_per_class=3, eval_every=3))
+    before = {k: v.clone() for k, v in loop.module.state_dict().items()}
+    counts = []
+    loop.on_step = lambda report: counts.append(report.semi_hard)
+    loop.run()
+    assert len(counts) == 3 and sum(counts) > 0
+    assert any(not torch.equal(before[k], v) for k, v in loop.module.state_dict().items())
+
+
+def test_sigint_stops_after_the_step_and_saves(tmp_path):
+    loop = make_loop(tmp_path, TrainSettings(steps=50, windows_per_class=3, eval_every=100, checkpoint_every=100))
+
+    def interrupt(report):
+        if report.step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    loop.on_step = interrupt
+    state = loop.run()
+    assert state.interrupted and state.step == 2
+    saved = json.loads((tmp_path / "state.json").read_text())
+    assert saved["step"] == 2
+
+
+def small_manifest(tmp_path: Path, species: int = 3) -> Path:
+    root = require_shared(INSECTSET)
+    with open(root / "manifest.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    names = sorted({r["species"] for r in rows})[:species]
+    picked = []
+    for name in names:
+        train_rows = [r for r in rows if r["species"] == name and r["split"] == "train"][:2]
+        val_rows = [r for r in rows if r["species"] == name and r["split"] == "validation"][:1]
+        picked += train_rows + val_rows
+    manifest = tmp_path / "manifest.csv"
+    with open(manifest, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "label", "split"])
+        writer.writerows((str(root / r["path"]), r["species"], r["split"]) for r in picked)
+    return manifest
+
+
+def test_train_and_evaluate_end_to_end_on_real_clips(tmp_path):
+    manifest = small_manifest(tmp_path)
+    settings = TrainSettings(steps=4, windows_per_class=3, eval_every=2)
+    cache = tmp_path / "cache"
+    bundle = train(manifest, tmp_path / "model", settings, cache_dir=cache, callbacks=QUIET, network_settings=TINY)
+    loaded = load_model(tmp_path / "model")
+    assert loaded.model_id == bundle.model_id and len(loaded.class_names) == 3
+    assert loaded.open_set is not None and loaded.classifier is not None
+    assert loaded.training["steps_done"] == 4 and loaded.training["settings"]["steps"] == 4
+    assert 0.0 <= loaded.metrics["validation"]["file_macro_f1"] <= 1.0
+    assert loaded.provenance["data_manifest_hash"] and loaded.provenance["fieldmon_version"]
+    with open(tmp_path / "model" / "split.csv") as fh:
+        split = list(csv.DictReader(fh))
+    assert {r["split"] for r in split} == {"train", "validation"} and len(split) == 9
+
+    # features come from the cache the second time
+    messages = []
+    train(manifest, tmp_path / "model2", settings, cache_dir=cache, network_settings=TINY,
+          callbacks=TrainCallbacks(message=messages.append))
+    assert any("9 clips from the cache, 0 computed" in m for m in messages)
+
+    runner = CliRunner()
+    out_json = tmp_path / "eval.json"
+    outliers = tmp_path / "outliers"
+    outliers.mkdir()
+    other = sorted((require_shared(INSECTSET) / "clips").glob("Tettigonia*/*.flac"))[0]
+    (outliers / other.name).symlink_to(other)
+    result = runner.invoke(main, ["evaluate", str(tmp_path / "model"), str(manifest), "--split", "validation",
+                                  "--outliers", str(outliers), "--json", str(out_json), "--cache", str(cache)])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(out_json.read_text())
+    for key in ("macro_f1", "file_macro_f1", "accuracy", "per_class", "rejection_accuracy", "macro_f1_with_rejection"):
+        assert key in metrics
+    assert metrics["files"] == 3 and metrics["split"] == "validation"
+    assert metrics["macro_f1"] == pytest.approx(loaded.metrics["validation"]["macro_f1"])
+
+
+def test_cli_base_training_and_resume_refusal(tmp_path):
+    manifest = small_manifest(tmp_path)
+    cache = str(tmp_path / "cache")
+    train(manifest, tmp_path / "base", TrainSettings(steps=2, windows_per_class=3, eval_every=2), cache_dir=cache,
+          callbacks=QUIET, network_settings=TINY)
+    runner = CliRunner()
+    args = ["train", str(manifest), "--out", str(tmp_path / "site"), "--base", str(tmp_path / "base"),
+            "--steps", "20", "--windows-per-class", "3", "--eval-every", "10", "--cache", cache]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 0, result.output
+    site = load_model(tmp_path / "site")
+    base = load_model(tmp_path / "base")
+    assert site.training["base_model"] == base.model_id
+    for name, value in base.network.trunk.state_dict().items():
+        assert torch.equal(value, site.network.trunk.state_dict()[name])
+    again = runner.invoke(main, args)
+    assert again.exit_code == 1 and "--resume" in again.output
+    resumed = runner.invoke(main, args[:6] + ["--steps", "30", "--resume", "--cache", cache])
+    assert resumed.exit_code == 0, resumed.output
+    assert load_model(tmp_path / "site").training["steps_done"] == 30
+
+
+def test_cli_requires_a_budget_and_reports_bad_clips(tmp_path):
+    runner = CliRunner()
+    (tmp_path / "clips" / "empty_species").mkdir(parents=True)
+    result = runner.invoke(main, ["train", str(tmp_path / "clips"), "--out", str(tmp_path / "m")])
+    assert result.exit_code == 2 and "--steps" in result.output
+    result = runner.invoke(main, ["train", str(tmp_path / "clips"), "--out", str(tmp_path / "m"), "--steps", "1"])
+    assert result.exit_code == 1 and "empty_species: species folder holds no audio files" in result.output
