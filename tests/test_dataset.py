@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import noise, tone
+from conftest import tone
 from fieldmon.train.dataset import DatasetError, assign_splits, load_clips
 
 

@@ -30,7 +30,7 @@ def synthetic_data(n_classes: int = 3, per_class: int = 6) -> TrainingData:
     return TrainingData(inputs, labels, inputs[::2], labels[::2], n_classes)
 
 
-def make_loop(tmp: Path, settings: TrainSettings, n_classes_head: bool = False) -> TrainingLoop:
+def make_loop(tmp: Path, settings: TrainSettings) -> TrainingLoop:
     torch.manual_seed(settings.seed)
     module = MultiscaleCNN(TINY, n_classes=3 if settings.loss == "crossentropy" else None)
     return TrainingLoop(module, synthetic_data(), settings, torch.device("cpu"), tmp, on_message=lambda t: None)

@@ -91,7 +91,7 @@ def train(clips, out, base, steps, epochs, device, seed, resume, cache_dir, quie
                      callbacks=callbacks)
     except KeyboardInterrupt:
         display.close()
-        raise SystemExit(130)
+        raise SystemExit(130) from None
     except Exception as exc:
         display.close()
         from fieldmon.model.bundle import BundleError
@@ -109,7 +109,7 @@ def train(clips, out, base, steps, epochs, device, seed, resume, cache_dir, quie
 @click.option("--outliers", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Folder of clips of species the model never saw; reports their rejection.")
 @click.option("--split", type=click.Choice(["train", "validation", "test"]), default=None,
-              help="Only the clips of this split of a manifest (or of the split saved with a model).")
+              help="Only the clips of this split of a manifest, e.g. MODEL/split.csv saved by fieldmon train.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the metrics as JSON.")
 @click.option("--cache", "cache_dir", type=click.Path(path_type=Path), default=None)
 def evaluate(model, clips, outliers, split, json_out, cache_dir) -> None:

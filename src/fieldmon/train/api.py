@@ -18,11 +18,12 @@ from fieldmon.model.bundle import ModelBundle, load_model
 from fieldmon.model.network import DenseHead, MultiscaleCNN, NetworkSettings
 from fieldmon.model.openset import fit_open_set
 from fieldmon.provenance import provenance
-from fieldmon.train.cache import FeatureCache, WindowSet, build_window_set
+from fieldmon.train.cache import FeatureCache, build_window_set
 from fieldmon.train.classifier import train_mlp
 from fieldmon.train.dataset import ClipSet, DatasetError, assign_splits, load_clips
 from fieldmon.train.loop import StepReport, TrainingData, TrainingLoop, as_inputs, read_checkpoint_meta
 from fieldmon.train.settings import TrainSettings
+from fieldmon.tuning import keep_freed_memory
 
 CHECKPOINT_DIR = "checkpoint"
 SPLIT_FILE = "split.csv"
@@ -78,6 +79,8 @@ def train(
     elif (checkpoint_dir / "state.json").exists():
         raise FileExistsError(f"{out} holds a training checkpoint; pass --resume to continue it or choose another --out")
     torch_device = resolve_device(device)
+    if torch_device.type == "cpu":
+        keep_freed_memory()
 
     clips = prepare_clips(clips_source, settings.seed)
     if cb.clips_found:

@@ -66,8 +66,8 @@ class ClipSet:
         return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
 
     def split_table(self) -> list[dict]:
-        root = self.source if self.source.is_dir() else self.source.parent
-        return [{"path": _relative(c.path, root), "label": c.label, "split": c.split} for c in self.clips]
+        """Rows of a manifest (absolute paths) that ``fieldmon evaluate MODEL MODEL/split.csv --split test`` reads."""
+        return [{"path": str(c.path.resolve()), "label": c.label, "split": c.split} for c in self.clips]
 
 
 def load_clips(source: str | Path, known_labels: list[str] | None = None) -> ClipSet:
@@ -187,9 +187,3 @@ def _check_given_split(clips: ClipSet) -> None:
     if problems:
         raise DatasetError(problems)
 
-
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return str(path.relative_to(root))
-    except ValueError:
-        return str(path)
