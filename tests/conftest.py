@@ -40,3 +40,36 @@ def click_train(rate_hz: float, seconds: float, sr: int = 44100) -> np.ndarray:
 
 def noise(seconds: float, sr: int = 44100, seed: int = 0, amplitude: float = 0.1) -> np.ndarray:
     return (amplitude * np.random.default_rng(seed).standard_normal(round(seconds * sr))).astype(np.float32)
+
+
+TINY_NETWORK = dict(channels=4, reduce_channels=2, dense_units=(8, 8, 8))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A small untrained but complete bundle (network, MLP, open set) for pipeline tests."""
+    import torch
+
+    from fieldmon import ModelBundle
+    from fieldmon.model.network import MLPClassifier, MultiscaleCNN, NetworkSettings
+    from fieldmon.model.openset import fit_open_set
+
+    torch.manual_seed(0)
+    network = MultiscaleCNN(NetworkSettings(**TINY_NETWORK))
+    emb = torch.nn.functional.normalize(torch.randn(12, 8), dim=1)
+    labels = torch.arange(12) % 3
+    bundle = ModelBundle(network, ["cricket", "katydid", "cicada"], classifier=MLPClassifier(8, 3),
+                         open_set=fit_open_set(emb, labels, emb, labels, 3, 0.01), name="tiny")
+    path = tmp_path_factory.mktemp("models") / "tiny"
+    bundle.save(path)
+    return path
+
+
+def write_wav(path: Path, seconds: float, sr: int = 44100, channels: int = 1, seed: int = 0, subtype: str = "PCM_16") -> Path:
+    import soundfile as sf
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    y = noise(seconds, sr, seed)
+    data = np.stack([y] * channels, axis=1) if channels > 1 else y
+    sf.write(path, data, sr, subtype=subtype)
+    return path

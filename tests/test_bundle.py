@@ -162,3 +162,10 @@ def test_cli_info_and_version(saved):
     assert bad.exit_code == 1 and "no such model directory" in bad.output
     version = runner.invoke(main, ["--version"])
     assert version.exit_code == 0 and "fieldmon, version" in version.output
+
+
+def test_missing_default_model_says_what_to_do(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("fieldmon.model.bundle.resolve_model_path", lambda model: tmp_path / "no-default")
+    with pytest.raises(BundleError, match="default model is not installed"):
+        load_model("default")

@@ -84,3 +84,77 @@ def cut_windows(samples: np.ndarray, window: int, hop: int, keep_partial: bool =
     for i, start in enumerate(starts):
         out[i] = repeat_to_length(samples[start : start + window], window)
     return Windows(out, starts, partial)
+
+
+@dataclass(frozen=True)
+class WindowBatch:
+    """Consecutive windows of one file, as the stream produces them."""
+
+    samples: np.ndarray  # [n, window]
+    starts: np.ndarray  # [n] start of each window in samples at the target rate
+    partial: np.ndarray  # [n] bool
+
+
+def stream_windows(
+    path: str | os.PathLike,
+    sample_rate: int,
+    window: int,
+    hop: int,
+    channel: int | None = None,
+    block_seconds: float = 30.0,
+    batch: int = 64,
+):
+    """Decode ``path`` block by block, downmix, resample with a streaming soxr
+    resampler, and yield :class:`WindowBatch` es. Memory is bounded by the block
+    size, whatever the file's length. Returns (as the generator's value) the
+    number of samples decoded at the target rate.
+    """
+    try:
+        sound = sf.SoundFile(path)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
+        raise AudioReadError(path, f"cannot decode audio ({exc})") from exc
+    except OSError as exc:
+        raise AudioReadError(path, exc.strerror or str(exc)) from exc
+    with sound:
+        if channel is not None and not 0 <= channel < sound.channels:
+            raise AudioReadError(path, f"channel {channel} requested but the file has {sound.channels} channels")
+        resampler = None
+        if sound.samplerate != sample_rate:
+            resampler = soxr.ResampleStream(sound.samplerate, sample_rate, 1, dtype="float32", quality="HQ")
+        buffer = np.zeros(0, np.float32)
+        offset = 0  # target-rate index of buffer[0]
+        next_start = 0
+        total = 0
+        block = max(1, int(block_seconds * sound.samplerate))
+        while True:
+            try:
+                data = sound.read(block, dtype="float32", always_2d=True)
+            except (sf.LibsndfileError, RuntimeError) as exc:
+                raise AudioReadError(path, f"decoding failed after {total / sample_rate:.1f} s ({exc})") from exc
+            last = len(data) < block
+            mono = np.nan_to_num(to_mono(data, channel), nan=0.0, posinf=0.0, neginf=0.0)
+            if resampler is not None:
+                mono = resampler.resample_chunk(mono, last=last)
+            total += len(mono)
+            buffer = np.concatenate([buffer, mono]) if len(buffer) else mono
+            starts = []
+            while next_start + window <= offset + len(buffer):
+                starts.append(next_start)
+                next_start += hop
+            if last:
+                while next_start < total:
+                    starts.append(next_start)
+                    next_start += hop
+            for i in range(0, len(starts), batch):
+                chunk = starts[i : i + batch]
+                samples = np.empty((len(chunk), window), np.float32)
+                for j, start in enumerate(chunk):
+                    samples[j] = repeat_to_length(buffer[start - offset : start - offset + window], window)
+                starts_arr = np.asarray(chunk, dtype=np.int64)
+                yield WindowBatch(samples, starts_arr, starts_arr + window > total)
+            drop = min(next_start, offset + len(buffer)) - offset
+            if drop > 0:
+                buffer = buffer[drop:]
+                offset += drop
+            if last:
+                return total

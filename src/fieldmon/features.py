@@ -32,6 +32,7 @@ import torch
 from fieldmon.settings import settings_fingerprint, settings_from_dict, settings_to_dict
 
 AMIN = 1e-10  # librosa.power_to_db's floor
+CPU_CHUNK = 16
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,10 @@ class FeatureExtractor:
         return torch.from_numpy(basis).to(self.device)
 
     def __call__(self, windows: np.ndarray | torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cpu" and len(windows) > CPU_CHUNK:
+            # Each window's temporaries (float64 STFT, masks) take ~8 MB; chunking keeps
+            # a large batch from holding hundreds of MB at once. Windows are independent.
+            return torch.cat([self(windows[i : i + CPU_CHUNK]) for i in range(0, len(windows), CPU_CHUNK)])
         magnitude, harmonic, percussive = self.spectrograms(windows)
         channels = torch.stack([magnitude, harmonic, percussive], dim=1) ** 2
         mel = torch.matmul(self.mel_basis, channels)

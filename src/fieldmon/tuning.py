@@ -1,10 +1,12 @@
-"""Process-level settings that make CPU training and inference faster."""
+"""Where and how fast to run: device choice and process-level CPU settings."""
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import sys
+
+import torch
 
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 _INT_MAX = 2**31 - 1
@@ -31,3 +33,12 @@ def keep_freed_memory() -> bool:
     results = [mallopt(option, _INT_MAX) for option in (_M_MMAP_THRESHOLD, _M_TRIM_THRESHOLD)]
     results.append(mallopt(_M_TOP_PAD, 1 << 30))
     return all(r == 1 for r in results)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` is CUDA when torch sees a GPU, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
+    return torch.device(device)

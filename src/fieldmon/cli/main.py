@@ -125,3 +125,43 @@ def evaluate(model, clips, outliers, split, json_out, cache_dir) -> None:
     except (BundleError, DatasetError, ValueError) as exc:
         fail(exc)
     print_evaluation(result, json_out)
+
+
+@main.command()
+@click.argument("recordings", type=click.Path(exists=True, path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Detections output (a directory of Parquet parts, e.g. detections.parquet).")
+@click.option("--model", default="default", show_default=True, help="Model bundle directory, or 'default'.")
+@click.option("--hop", type=float, default=2.0, show_default=True, help="Seconds between window starts.")
+@click.option("--channel", type=int, default=None, help="Use this channel (0-based) instead of the downmix.")
+@click.option("--top-k", type=int, default=3, show_default=True, help="Alternatives stored per window.")
+@click.option("--min-score", type=float, default=0.0, show_default=True,
+              help="Drop windows whose top score is lower (the default keeps every window).")
+@click.option("--embeddings", is_flag=True, help="Also store the 128-D embedding of every window.")
+@click.option("--tz", default=None, help="IANA time zone of recorders that name files in local time (Song Meter).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--workers", type=int, default=2, show_default=True, help="Decoding threads.")
+@click.option("--quiet", is_flag=True, help="Only the summary.")
+def scan(recordings, out, model, hop, channel, top_k, min_score, embeddings, tz, device, batch_size, workers,
+         quiet) -> None:
+    """Scan RECORDINGS (a folder, searched recursively, or one file) into per-window detections.
+
+    Rerunning the same command scans only new or changed files. Exit status: 0 all
+    files scanned; 3 some files failed (listed in the per-file table); 130 interrupted
+    (finished files are kept); 1 the scan could not run; 2 bad usage.
+    """
+    from fieldmon.cli.scan import ScanDisplay
+    from fieldmon.model.bundle import BundleError
+    from fieldmon.outputs.store import StoreError
+    from fieldmon.scan.pipeline import RunOptions, ScanSettings, scan as run_scan
+
+    settings = ScanSettings(hop_seconds=hop, channel=channel, top_k=top_k, min_score=min_score,
+                            embeddings=embeddings, tz=tz)
+    display = ScanDisplay(quiet)
+    try:
+        summary = run_scan(recordings, out, model, settings, RunOptions(device, batch_size, workers), display)
+    except (BundleError, StoreError, ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    display.finish(summary, str(out))
+    raise SystemExit(summary.exit_code)

@@ -250,7 +250,13 @@ def resolve_model_path(model: str | os.PathLike) -> Path:
 
 
 def load_model(model: str | os.PathLike = DEFAULT_MODEL) -> ModelBundle:
-    return ModelBundle.load(resolve_model_path(model))
+    path = resolve_model_path(model)
+    if str(model) == DEFAULT_MODEL and not path.exists():
+        raise BundleError(
+            f"the default model is not installed with this copy of fieldmon ({path}); "
+            "pass --model DIR with a model trained by `fieldmon train`"
+        )
+    return ModelBundle.load(path)
 
 
 def _section(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

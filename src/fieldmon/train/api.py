@@ -18,12 +18,12 @@ from fieldmon.model.bundle import ModelBundle, load_model
 from fieldmon.model.network import DenseHead, MultiscaleCNN, NetworkSettings
 from fieldmon.model.openset import fit_open_set
 from fieldmon.provenance import provenance
-from fieldmon.train.cache import FeatureCache, build_window_set
+from fieldmon.train.cache import FeatureCache, WindowSet, build_window_set
 from fieldmon.train.classifier import train_mlp
 from fieldmon.train.dataset import ClipSet, DatasetError, assign_splits, load_clips
 from fieldmon.train.loop import StepReport, TrainingData, TrainingLoop, as_inputs, read_checkpoint_meta
 from fieldmon.train.settings import TrainSettings
-from fieldmon.tuning import keep_freed_memory
+from fieldmon.tuning import keep_freed_memory, resolve_device
 
 CHECKPOINT_DIR = "checkpoint"
 SPLIT_FILE = "split.csv"
@@ -34,14 +34,6 @@ class TrainCallbacks:
     message: Callable[[str], None] = print
     clips_found: Callable[[ClipSet], None] | None = None
     step: Callable[[StepReport], None] | None = None
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
-    return torch.device(device)
 
 
 def prepare_clips(source: str | Path, seed: int) -> ClipSet:
@@ -93,26 +85,11 @@ def train(
     cb.message(f"computing features (cache: {cache.directory})")
     windows = build_window_set(clips.clips, class_names, cache)
     cb.message(f"{len(windows.labels)} windows ({cache.hits} clips from the cache, {cache.misses} computed)")
-    train_set, val_set, test_set = (windows.in_split(s) for s in ("train", "validation", "test"))
 
-    if base_bundle is not None:
-        network_settings = base_bundle.network.settings
-    network_settings = network_settings or NetworkSettings()
-    torch.manual_seed(settings.seed)
-    if base_bundle is not None:
-        if settings.loss != "triplet":
-            raise ValueError("--base trains the embedding head with the triplet loss; --loss crossentropy does not apply")
-        trunk = base_bundle.network.trunk.to(torch_device).eval()
-        cb.message(f"computing trunk outputs of base model {base_bundle.model_id}")
-        inputs = {name: _trunk_outputs(trunk, s.features, torch_device) for name, s in
-                  (("train", train_set), ("validation", val_set), ("test", test_set))}
-        module: torch.nn.Module = DenseHead(network_settings, network_settings.embedding_dim, normalize=True)
-    else:
-        inputs = {"train": as_inputs(train_set.features), "validation": as_inputs(val_set.features),
-                  "test": as_inputs(test_set.features)}
-        n_outputs = len(class_names) if settings.loss == "crossentropy" else None
-        module = MultiscaleCNN(network_settings, n_classes=n_outputs)
-
+    splits = {name: windows.in_split(name) for name in ("train", "validation", "test")}
+    train_set, val_set, test_set = splits.values()
+    module, inputs = _module_and_inputs(settings, splits, len(class_names), base_bundle, network_settings,
+                                        torch_device, cb)
     data = TrainingData(inputs["train"], torch.from_numpy(train_set.labels), inputs["validation"],
                         torch.from_numpy(val_set.labels), len(class_names))
     loop = TrainingLoop(module, data, settings, torch_device, checkpoint_dir, cb.step, cb.message)
@@ -126,27 +103,20 @@ def train(
     module.eval()
     cb.message(f"selected the weights of step {state.best_step} (validation macro-F1 {state.best_metric:.3f})")
 
-    if base_bundle is not None:
-        network = MultiscaleCNN(network_settings)
-        network.trunk.load_state_dict(base_bundle.network.trunk.state_dict())
-        network.head.load_state_dict(module.state_dict())
-    else:
-        network = module
+    network = _full_network(module, base_bundle)
     classifier, open_set, mlp_info = None, None, {}
     if settings.loss == "triplet":
         cb.message("training the MLP classifier and calibrating open-set rejection")
-        loop.module = module.to(torch_device)
-        emb = {k: loop.outputs(v) for k, v in inputs.items()}
-        train_labels = data.labels
-        classifier, mlp_info = train_mlp(emb["train"], train_labels, emb["validation"], data.val_labels,
+        emb = {name: loop.outputs(x) for name, x in inputs.items()}
+        classifier, mlp_info = train_mlp(emb["train"], data.labels, emb["validation"], data.val_labels,
                                          len(class_names), settings)
-        open_set = fit_open_set(emb["train"], train_labels, emb["validation"], data.val_labels,
+        open_set = fit_open_set(emb["train"], data.labels, emb["validation"], data.val_labels,
                                 len(class_names), settings.open_set_threshold)
     bundle = ModelBundle(network.cpu().eval(), class_names, feature_settings, classifier, open_set, name=out.name)
 
-    metrics = {"selection": {"best_step": state.best_step, "val_macro_f1_nearest_mean" if settings.loss == "triplet"
-                             else "val_macro_f1": state.best_metric, "history": state.history},
-               **mlp_info}
+    criterion = "nearest_class_mean" if settings.loss == "triplet" else "softmax"
+    metrics = {"selection": {"criterion": f"validation macro-F1 ({criterion})", "best_step": state.best_step,
+                             "best_value": state.best_metric, "history": state.history}, **mlp_info}
     for name, split in (("validation", val_set), ("test", test_set)):
         if len(split.labels):
             metrics[name] = _summary(evaluate_windows(bundle, split.features, split.labels, split.clip_index))
@@ -167,6 +137,40 @@ def train(
     _write_split(out / SPLIT_FILE, clips)
     cb.message(f"wrote model {bundle.model_id} to {out}")
     return bundle
+
+
+def _module_and_inputs(
+    settings: TrainSettings,
+    splits: dict[str, WindowSet],
+    n_classes: int,
+    base: ModelBundle | None,
+    network_settings: NetworkSettings | None,
+    device: torch.device,
+    cb: TrainCallbacks,
+) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+    """What the loop trains, and on what: the whole CNN on feature windows, or with
+    ``base`` only a fresh dense head on the base trunk's (cached) outputs."""
+    torch.manual_seed(settings.seed)
+    if base is None:
+        inputs = {name: as_inputs(split.features) for name, split in splits.items()}
+        n_outputs = n_classes if settings.loss == "crossentropy" else None
+        return MultiscaleCNN(network_settings or NetworkSettings(), n_classes=n_outputs), inputs
+    if settings.loss != "triplet":
+        raise ValueError("--base trains the embedding head with the triplet loss; --loss crossentropy does not apply")
+    trunk = base.network.trunk.to(device).eval()
+    cb.message(f"computing trunk outputs of base model {base.model_id}")
+    inputs = {name: _trunk_outputs(trunk, split.features, device) for name, split in splits.items()}
+    net = base.network.settings
+    return DenseHead(net, net.embedding_dim, normalize=True), inputs
+
+
+def _full_network(module: torch.nn.Module, base: ModelBundle | None) -> MultiscaleCNN:
+    if base is None:
+        return module
+    network = MultiscaleCNN(base.network.settings)
+    network.trunk.load_state_dict(base.network.trunk.state_dict())
+    network.head.load_state_dict(module.state_dict())
+    return network
 
 
 def _trunk_outputs(trunk: torch.nn.Module, features: np.ndarray, device: torch.device, batch: int = 64) -> torch.Tensor:

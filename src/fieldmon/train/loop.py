@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import json
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from torch import nn
 
 from fieldmon.evaluation.metrics import classification_report
 from fieldmon.fileio import atomic_write
+from fieldmon.signals import StopRequest
 from fieldmon.train.sampler import ClassBalancedSampler
 from fieldmon.train.settings import TrainSettings
 from fieldmon.train.triplet import DynamicMargin, semi_hard_triplets, triplet_loss
@@ -69,31 +69,6 @@ class LoopState:
     history: list[dict] = field(default_factory=list)
     converged: bool = False
     interrupted: bool = False
-
-
-class StopRequest:
-    """First Ctrl-C or SIGTERM: finish the current step, checkpoint, exit. Second: abort."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: dict[int, object] = {}
-
-    def __enter__(self) -> StopRequest:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not in the main thread: no signal handling
-                pass
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
 
 
 class TrainingLoop:

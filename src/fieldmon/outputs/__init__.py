@@ -1,0 +1,1 @@
+"""Outputs: the crash-safe Parquet store of detections and the per-file table."""

@@ -1,0 +1,183 @@
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from conftest import RECORDER_SERIES, require_shared, write_wav
+from fieldmon.cli import main
+from fieldmon.outputs.store import DetectionStore, ScanLocked, StoreError, files_table_path
+from fieldmon.scan.pipeline import EXIT_FILES_FAILED, RunOptions, ScanSettings, scan, scan_key
+
+
+def read(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    return pd.read_parquet(out), pd.read_parquet(files_table_path(out))
+
+
+def test_window_counts_and_times_are_exact(tmp_path, tiny_model):
+    rec = tmp_path / "rec"
+    write_wav(rec / "a" / "20240101_053000.WAV", 7.3, sr=48000)  # AudioMoth name: UTC
+    write_wav(rec / "b" / "SITE9_20240101_060000.wav", 4.0, sr=22050, channels=2)
+    write_wav(rec / "b" / "short.flac", 0.5)
+    out = tmp_path / "det.parquet"
+    summary = scan(rec, out, tiny_model)
+    assert summary.exit_code == 0 and summary.files_ok == 3
+    det, files = read(out)
+    a = det[det.path == "a/20240101_053000.WAV"].sort_values("window_start_s")
+    assert a.window_start_s.tolist() == [0.0, 2.0, 4.0, 6.0]
+    assert a.window_end_s.tolist() == [2.0, 4.0, 6.0, 8.0]
+    assert a.partial.tolist() == [False, False, False, True]
+    assert [t.isoformat() for t in a.start_time] == [
+        f"2024-01-01T05:30:0{s}+00:00" for s in (0, 2, 4, 6)]
+    b = det[det.path == "b/SITE9_20240101_060000.wav"]
+    assert len(b) == 2 and b.start_time.isna().all() and b.site.unique().tolist() == ["SITE9"]
+    assert str(b.local_time.iloc[1]) == "2024-01-01 06:00:02"
+    short = det[det.path == "b/short.flac"]
+    assert len(short) == 1 and short.partial.all() and short.local_time.isna().all()
+    assert set(det.label) <= {"cricket", "katydid", "cicada", "unknown"}
+    assert det.top_labels.map(len).eq(3).all()
+    f = files.set_index("path")
+    assert f.loc["a/20240101_053000.WAV", "windows"] == 4
+    assert f.loc["a/20240101_053000.WAV", "duration_s"] == pytest.approx(7.3, abs=1e-4)
+    assert f.loc["b/SITE9_20240101_060000.wav", "channels"] == 2
+    assert (f.status == "ok").all()
+
+    overlap = scan(rec / "a", tmp_path / "hop1.parquet", tiny_model, ScanSettings(hop_seconds=1.0))
+    assert overlap.windows == 8  # starts 0..7 s, the last two partial
+
+
+def test_rerun_skips_finished_files_and_rescans_changed_ones(tmp_path, tiny_model):
+    rec = tmp_path / "rec"
+    for i in range(4):
+        write_wav(rec / f"f{i}.wav", 4.0, seed=i)
+    out = tmp_path / "det.parquet"
+    first = scan(rec, out, tiny_model)
+    assert first.files_ok == 4 and first.rows == 8
+    again = scan(rec, out, tiny_model)
+    assert again.files_skipped == 4 and again.files_ok == 0 and again.rows == 0
+    write_wav(rec / "f1.wav", 6.0, seed=9)  # changed: 3 windows now
+    write_wav(rec / "new.wav", 2.0)
+    third = scan(rec, out, tiny_model)
+    assert third.files_ok == 2 and third.files_skipped == 3
+    det, files = read(out)
+    assert len(det) == 2 + 3 + 2 + 2 + 1
+    assert not det.duplicated(["path", "window_start_s"]).any()
+    assert sorted(files.path) == ["f0.wav", "f1.wav", "f2.wav", "f3.wav", "new.wav"]
+
+
+def test_corrupt_files_are_recorded_and_the_run_continues(tmp_path, tiny_model):
+    rec = tmp_path / "rec"
+    write_wav(rec / "good1.wav", 2.0)
+    (rec / "bad.wav").write_bytes(os.urandom(5000))
+    (rec / "empty.wav").write_bytes(b"")
+    write_wav(rec / "good2.wav", 2.0)
+    out = tmp_path / "det.parquet"
+    result = CliRunner().invoke(main, ["scan", str(rec), "--out", str(out), "--model", str(tiny_model)])
+    assert result.exit_code == EXIT_FILES_FAILED, result.output
+    assert "2 failed" in result.output
+    det, files = read(out)
+    assert sorted(det.path.unique()) == ["good1.wav", "good2.wav"]
+    failed = files[files.status == "failed"].set_index("path")
+    assert sorted(failed.index) == ["bad.wav", "empty.wav"]
+    assert all(failed.error.str.len() > 5)
+
+
+def test_second_scan_on_the_same_output_is_refused(tmp_path, tiny_model):
+    rec = tmp_path / "rec"
+    write_wav(rec / "a.wav", 2.0)
+    out = tmp_path / "det.parquet"
+    from fieldmon import load_model
+
+    key = scan_key(load_model(tiny_model).model_id, ScanSettings())
+    with DetectionStore(out, key, {}):
+        with pytest.raises(ScanLocked, match="being written by another scan"):
+            scan(rec, out, tiny_model)
+    assert scan(rec, out, tiny_model).files_ok == 1  # the lock went with its holder
+
+
+def test_changed_settings_are_a_new_scan(tmp_path, tiny_model):
+    rec = tmp_path / "rec"
+    write_wav(rec / "a.wav", 2.0)
+    out = tmp_path / "det.parquet"
+    scan(rec, out, tiny_model)
+    with pytest.raises(StoreError, match="other settings or another model"):
+        scan(rec, out, tiny_model, ScanSettings(hop_seconds=1.0))
+
+
+KILL_SCRIPT = """
+import sys
+from fieldmon.scan.pipeline import RunOptions, scan
+scan(sys.argv[1], sys.argv[2], sys.argv[3], options=RunOptions(workers=2, batch_size=4, commit_every_files=2))
+"""
+
+
+def test_sigkill_at_random_moments_then_rerun_gives_exactly_the_uninterrupted_rows(tmp_path, tiny_model):
+    rec = tmp_path / "rec"
+    for i in range(16):
+        write_wav(rec / f"site{i % 2}" / f"f{i:02d}.wav", 2.0 + (i % 3) * 2.0, seed=i)
+    reference = tmp_path / "reference.parquet"
+    scan(rec, reference, tiny_model)
+    expected = read(reference)[0].sort_values(["path", "window_start_s"]).reset_index(drop=True)
+
+    out = tmp_path / "killed.parquet"
+    rng = random.Random(0)
+    kills = 0
+    for _ in range(4):
+        proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(rec), str(out), str(tiny_model)])
+        time.sleep(rng.uniform(1.5, 4.0))
+        if proc.poll() is None:
+            proc.kill()
+            kills += 1
+        proc.wait()
+    assert kills >= 1
+    scan(rec, out, tiny_model)
+    got = read(out)[0].sort_values(["path", "window_start_s"]).reset_index(drop=True)
+    columns = [c for c in expected.columns if c not in ("top_scores",)]
+    pd.testing.assert_frame_equal(got[columns], expected[columns])
+    np.testing.assert_allclose(np.stack(got.top_scores), np.stack(expected.top_scores), rtol=1e-5)
+    files = read(out)[1]
+    assert len(files) == 16 and files.path.is_unique
+    assert not any(p.name.startswith(".") and p.suffix == ".tmp" for p in out.iterdir())
+
+
+@pytest.mark.parametrize("reader", ["pandas", "pyarrow", "duckdb"])
+def test_output_reads_as_one_table(tmp_path, tiny_model, reader):
+    rec = tmp_path / "rec"
+    for i in range(3):
+        write_wav(rec / f"f{i}.wav", 2.0, seed=i)
+    out = tmp_path / "det.parquet"
+    scan(rec, out, tiny_model, options=RunOptions(commit_every_files=1))
+    assert len(list(out.glob("part-*.parquet"))) == 3
+    if reader == "pandas":
+        n = len(pd.read_parquet(out))
+    elif reader == "pyarrow":
+        import pyarrow.dataset as ds
+
+        n = ds.dataset(out, format="parquet").count_rows()
+    else:
+        duckdb = pytest.importorskip("duckdb", reason="duckdb is an optional test dependency")
+        n = duckdb.sql(f"select count(*) from '{out}/*.parquet'").fetchall()[0][0]
+    assert n == 3
+
+
+def test_recorder_series_day(tmp_path, tiny_model):
+    """The shared Song Meter day: 96 files of 10 s -> 480 windows with their wall-clock times."""
+    series = require_shared(RECORDER_SERIES)
+    out = tmp_path / "day.parquet"
+    summary = scan(series, out, tiny_model)
+    assert summary.files_ok == 96 and summary.rows == 480
+    det, files = read(out)
+    first = det[det.path == "S4A03895_20190522_001500.wav"].sort_values("window_start_s")
+    assert [str(t) for t in first.local_time] == [f"2019-05-22 00:15:0{s}" for s in (0, 2, 4, 6, 8)]
+    assert det.local_time.min() == pd.Timestamp("2019-05-22 00:00:00")
+    assert det.local_time.max() == pd.Timestamp("2019-05-22 23:45:08")
+    assert (files.sample_rate == 22000).all()
+    assert scan(series, out, tiny_model).rows == 0
