@@ -48,6 +48,16 @@ TINY_NETWORK = dict(channels=4, reduce_channels=2, dense_units=(8, 8, 8))
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A small untrained but complete bundle (network, MLP, open set) for pipeline tests."""
+    return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny", threshold=0.01)
+
+
+@pytest.fixture(scope="session")
+def accepting_model(tmp_path_factory) -> Path:
+    """Like tiny_model, but its open-set threshold rejects nothing, so every window gets a species."""
+    return make_tiny_model(tmp_path_factory.mktemp("models") / "accepting", threshold=0.0)
+
+
+def make_tiny_model(path: Path, threshold: float) -> Path:
     import torch
 
     from fieldmon import ModelBundle
@@ -59,8 +69,7 @@ def tiny_model(tmp_path_factory) -> Path:
     emb = torch.nn.functional.normalize(torch.randn(12, 8), dim=1)
     labels = torch.arange(12) % 3
     bundle = ModelBundle(network, ["cricket", "katydid", "cicada"], classifier=MLPClassifier(8, 3),
-                         open_set=fit_open_set(emb, labels, emb, labels, 3, 0.01), name="tiny")
-    path = tmp_path_factory.mktemp("models") / "tiny"
+                         open_set=fit_open_set(emb, labels, emb, labels, 3, threshold), name=path.name)
     bundle.save(path)
     return path
 

@@ -29,6 +29,22 @@ def is_audio_file(path: Path) -> bool:
     return path.suffix.lower() in AUDIO_EXTENSIONS and not path.name.startswith(".")
 
 
+def open_sound(path: str | os.PathLike) -> sf.SoundFile:
+    """Open an audio file, turning libsndfile's terse failures into messages a person understands."""
+    if not os.path.exists(path):
+        raise AudioReadError(path, "file not found")
+    if not os.access(path, os.R_OK):
+        raise AudioReadError(path, "permission denied (the file is not readable by this user)")
+    if os.path.getsize(path) == 0:
+        raise AudioReadError(path, "the file is empty (0 bytes)")
+    try:
+        return sf.SoundFile(path)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
+        raise AudioReadError(path, f"not a readable audio file ({exc})") from exc
+    except OSError as exc:
+        raise AudioReadError(path, exc.strerror or str(exc)) from exc
+
+
 def to_mono(samples: np.ndarray, channel: int | None = None) -> np.ndarray:
     """``[frames, channels]`` -> ``[frames]``: one channel, or the mean of all."""
     if channel is None:
@@ -40,12 +56,9 @@ def to_mono(samples: np.ndarray, channel: int | None = None) -> np.ndarray:
 
 def load_audio(path: str | os.PathLike, sample_rate: int, channel: int | None = None) -> np.ndarray:
     """Whole file as mono float32 at ``sample_rate``. For clips; scans stream instead."""
-    try:
-        samples, rate = sf.read(path, dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
-        raise AudioReadError(path, f"cannot decode audio ({exc})") from exc
-    except OSError as exc:
-        raise AudioReadError(path, exc.strerror or str(exc)) from exc
+    with open_sound(path) as sound:
+        rate = sound.samplerate
+        samples = sound.read(dtype="float32", always_2d=True)
     if samples.shape[0] == 0:
         raise AudioReadError(path, "the file holds no audio samples")
     try:
@@ -109,13 +122,7 @@ def stream_windows(
     size, whatever the file's length. Returns (as the generator's value) the
     number of samples decoded at the target rate.
     """
-    try:
-        sound = sf.SoundFile(path)
-    except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
-        raise AudioReadError(path, f"cannot decode audio ({exc})") from exc
-    except OSError as exc:
-        raise AudioReadError(path, exc.strerror or str(exc)) from exc
-    with sound:
+    with open_sound(path) as sound:
         if channel is not None and not 0 <= channel < sound.channels:
             raise AudioReadError(path, f"channel {channel} requested but the file has {sound.channels} channels")
         resampler = None

@@ -165,3 +165,87 @@ def scan(recordings, out, model, hop, channel, top_k, min_score, embeddings, tz,
         raise click.ClickException(str(exc)) from exc
     display.finish(summary, str(out))
     raise SystemExit(summary.exit_code)
+
+
+def _filters(min_score, species, site, date_from, date_to):
+    import pandas as pd
+
+    from fieldmon.outputs.tables import Filters
+
+    return Filters(min_score, tuple(species), tuple(site), pd.Timestamp(date_from) if date_from else None,
+                   pd.Timestamp(date_to) if date_to else None)
+
+
+def _read(detections: Path, filters):
+    from fieldmon.outputs.tables import apply_filters, read_scan
+
+    try:
+        return apply_filters(read_scan(detections), filters)
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+_filter_options = [
+    click.option("--min-score", type=float, default=0.0, show_default=True),
+    click.option("--species", multiple=True, help="Only this species (repeatable)."),
+    click.option("--site", multiple=True, help="Only this site (repeatable)."),
+    click.option("--from", "date_from", default=None, help="First date, YYYY-MM-DD."),
+    click.option("--to", "date_to", default=None, help="Last date, YYYY-MM-DD."),
+]
+
+
+def filter_options(command):
+    for option in reversed(_filter_options):
+        command = option(command)
+    return command
+
+
+@main.command()
+@click.argument("detections", type=click.Path(exists=True, path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Report directory.")
+@filter_options
+def report(detections, out, min_score, species, site, date_from, date_to) -> None:
+    """Survey report of a scan: one self-contained HTML file and CSV tables (species
+    summary, daily detections, diel activity, effort, unknown share)."""
+    from fieldmon.outputs.report import write_report
+
+    filters = _filters(min_score, species, site, date_from, date_to)
+    path = write_report(_read(detections, filters), out, filters, source=str(detections))
+    click.echo(f"wrote {path} and its CSV tables")
+
+
+@main.command()
+@click.argument("detections", type=click.Path(exists=True, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["raven", "audacity", "csv"]), required=True)
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Export directory.")
+@filter_options
+def export(detections, fmt, out, min_score, species, site, date_from, date_to) -> None:
+    """Export detections: Raven Pro selection tables or Audacity label tracks (one per
+    audio file, in the recordings' folder layout), or one flat CSV."""
+    from fieldmon.outputs.export import export as run_export
+
+    written = run_export(_read(detections, _filters(min_score, species, site, date_from, date_to)), fmt, out)
+    click.echo(f"wrote {len(written)} file(s) to {out}")
+
+
+@main.command()
+@click.argument("detections", type=click.Path(exists=True, path_type=Path))
+@click.option("--per-species", type=int, default=10, show_default=True)
+@click.option("--out", required=True, type=click.Path(path_type=Path))
+@click.option("--mode", type=click.Choice(["best", "random"]), default="best", show_default=True,
+              help="The best-scoring windows, or a random sample of each species' windows.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--audio-root", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Where the recordings are now (default: the folder that was scanned).")
+@filter_options
+def clips(detections, per_species, out, mode, seed, audio_root, min_score, species, site, date_from, date_to) -> None:
+    """Cut the best (or random) detections of each species into short audio clips, with
+    a spectrogram PNG each and index.csv, for manual verification."""
+    from fieldmon.outputs.export import extract_clips
+
+    output = _read(detections, _filters(min_score, species, site, date_from, date_to))
+    root = audio_root or output.metadata.get("root")
+    if root is None:
+        raise click.UsageError("the scan does not record its folder; pass --audio-root")
+    table = extract_clips(output, root, out, per_species, mode, seed)
+    click.echo(f"wrote {len(table)} clips to {out} (index.csv)")

@@ -19,10 +19,9 @@ from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
-import soundfile as sf
 import torch
 
-from fieldmon.audio import AudioReadError, WindowBatch, stream_windows
+from fieldmon.audio import AudioReadError, WindowBatch, open_sound, stream_windows
 from fieldmon.features import FeatureExtractor
 from fieldmon.model.bundle import ModelBundle, load_model
 from fieldmon.outputs.store import DetectionStore
@@ -123,7 +122,7 @@ def scan(
         keep_freed_memory()
     bundle.to(device).eval()
     recordings, listing_problems = discover(root)
-    meta = output_metadata(bundle.model_id, settings.key_fields())
+    meta = {**output_metadata(bundle.model_id, settings.key_fields()), "root": str(Path(root).resolve())}
     summary = ScanSummary(files_found=len(recordings))
     with DetectionStore(out, scan_key(bundle.model_id, settings), meta) as store:
         done = store.done_files()
@@ -184,8 +183,8 @@ class _Runner:
     def _decode(self, state: _FileState, out: queue.Queue, stop: threading.Event) -> None:
         rec = state.recording
         try:
-            info = sf.info(str(rec.path))
-            state.sample_rate, state.channels = info.samplerate, info.channels
+            with open_sound(rec.path) as sound:
+                state.sample_rate, state.channels = sound.samplerate, sound.channels
             state.info = recorder_info(rec.path, self.tz)
             stream = stream_windows(rec.path, self.bundle.feature_settings.sample_rate, self.window, self.hop,
                                     self.settings.channel)

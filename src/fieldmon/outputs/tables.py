@@ -1,0 +1,86 @@
+"""Reading a scan's output back, with the filters reports and exports share."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from fieldmon.model.openset import UNKNOWN
+from fieldmon.outputs.store import META_DIR, files_table_path
+
+
+@dataclass(frozen=True)
+class Filters:
+    min_score: float = 0.0
+    species: tuple[str, ...] = ()
+    sites: tuple[str, ...] = ()
+    start: pd.Timestamp | None = None  # inclusive, on the window's (local, else UTC) date
+    end: pd.Timestamp | None = None  # inclusive
+
+    def describe(self) -> str:
+        parts = []
+        if self.min_score:
+            parts.append(f"score >= {self.min_score:g}")
+        if self.species:
+            parts.append("species " + ", ".join(self.species))
+        if self.sites:
+            parts.append("sites " + ", ".join(self.sites))
+        if self.start is not None or self.end is not None:
+            parts.append(f"dates {self.start.date() if self.start is not None else '...'} to "
+                         f"{self.end.date() if self.end is not None else '...'}")
+        return "; ".join(parts) or "none"
+
+
+@dataclass
+class ScanOutput:
+    detections: pd.DataFrame
+    files: pd.DataFrame
+    metadata: dict  # fieldmon version, model id, settings, scanned root
+
+    @property
+    def time_column(self) -> str:
+        """Local wall-clock time where the recorders give it, else UTC."""
+        return "local_time" if self.detections["local_time"].notna().any() else "start_time"
+
+
+def read_scan(path: str | Path) -> ScanOutput:
+    path = Path(path)
+    if not path.is_dir() or not list(path.glob("part-*.parquet")):
+        raise FileNotFoundError(f"{path}: not a fieldmon detections output (no part-*.parquet inside)")
+    detections = pd.read_parquet(path)
+    files_path = files_table_path(path)
+    files = pd.read_parquet(files_path) if files_path.is_dir() else pd.DataFrame()
+    meta_file = path / META_DIR / "scan.json"
+    if meta_file.is_file():
+        metadata = json.loads(meta_file.read_text())
+    else:  # e.g. a copy without the _fieldmon folder: the Parquet metadata carries the same
+        schema_meta = pq.read_schema(next(path.glob("part-*.parquet"))).metadata or {}
+        metadata = json.loads(schema_meta.get(b"fieldmon", b"{}"))
+    return ScanOutput(detections, files, metadata)
+
+
+def apply_filters(output: ScanOutput, filters: Filters) -> ScanOutput:
+    d = output.detections
+    keep = d["score"] >= filters.min_score
+    if filters.species:
+        keep &= d["label"].isin(filters.species) | (d["label"] == UNKNOWN)
+    if filters.sites:
+        keep &= d["site"].isin(filters.sites)
+    when = naive_times(d[output.time_column])
+    if filters.start is not None:
+        keep &= when >= filters.start.normalize()
+    if filters.end is not None:
+        keep &= when < filters.end.normalize() + pd.Timedelta(days=1)
+    files = output.files
+    if filters.sites and len(files):
+        files = files[files["site"].isin(filters.sites)]
+    return ScanOutput(d[keep].reset_index(drop=True), files, output.metadata)
+
+
+def naive_times(times: pd.Series) -> pd.Series:
+    """Timestamps without zone (UTC ones converted), for grouping by date and hour."""
+    return times.dt.tz_convert(None) if getattr(times.dt, "tz", None) is not None else times
