@@ -13,6 +13,7 @@ from fieldmon.scan.pipeline import ScanProgress, ScanSummary
 class ScanDisplay(ScanProgress):
     def __init__(self, quiet: bool = False, log_every: int = 100) -> None:
         self.console = Console(stderr=True, quiet=quiet)
+        self.summary_console = Console(stderr=True)  # the summary is printed even with --quiet
         self.interactive = self.console.is_terminal
         self.log_every = log_every
         self.progress: Progress | None = None
@@ -63,4 +64,4 @@ class ScanDisplay(ScanProgress):
         if summary.interrupted:
             lines.append("interrupted: finished files are saved; run the same command again to continue")
         for line in lines:
-            self.message(line)
+            self.summary_console.print(line, markup=False, highlight=False)

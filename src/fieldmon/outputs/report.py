@@ -155,8 +155,11 @@ def _daily_chart(daily: pd.DataFrame) -> bytes | None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(10, 4))
-    daily.index = pd.to_datetime(daily.index)
-    daily.plot(ax=ax, marker="o", linewidth=1)
+    if len(daily) <= 60:  # bars read better than lines over a few days (and a single day)
+        daily.plot(ax=ax, kind="bar", width=0.8)
+        ax.set_xticklabels([str(d) for d in daily.index], rotation=45, ha="right")
+    else:
+        daily.set_axis(pd.to_datetime(daily.index)).plot(ax=ax, linewidth=1)
     ax.set_ylabel("windows detected")
     ax.set_xlabel("date")
     ax.legend(fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
