@@ -80,5 +80,6 @@ def write_wav(path: Path, seconds: float, sr: int = 44100, channels: int = 1, se
     path.parent.mkdir(parents=True, exist_ok=True)
     y = noise(seconds, sr, seed)
     data = np.stack([y] * channels, axis=1) if channels > 1 else y
-    sf.write(path, data, sr, subtype=subtype)
+    with open(path, "wb") as fh:  # a file object, so that names that are not valid UTF-8 work too
+        sf.write(fh, data, sr, subtype=subtype, format=path.suffix.lstrip(".").upper())
     return path

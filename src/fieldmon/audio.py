@@ -38,7 +38,8 @@ def open_sound(path: str | os.PathLike) -> sf.SoundFile:
     if os.path.getsize(path) == 0:
         raise AudioReadError(path, "the file is empty (0 bytes)")
     try:
-        return sf.SoundFile(path)
+        # bytes, so that names that are not valid UTF-8 still open
+        return sf.SoundFile(os.fsencode(path))
     except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
         raise AudioReadError(path, f"not a readable audio file ({exc})") from exc
     except OSError as exc:

@@ -1,0 +1,84 @@
+"""A deployment's worth of broken and unusual files in one folder (issue: reliability)."""
+
+from __future__ import annotations
+
+import os
+import struct
+
+import numpy as np
+import pandas as pd
+import soundfile as sf
+
+from conftest import noise, write_wav
+from fieldmon.outputs.store import files_table_path
+from fieldmon.scan.pipeline import EXIT_FILES_FAILED, scan
+
+
+def wav_header_only(path):
+    with sf.SoundFile(path, "w", samplerate=44100, channels=1, subtype="PCM_16"):
+        pass
+
+
+def truncated_copy(source, target, keep_fraction=0.5):
+    data = source.read_bytes()
+    target.write_bytes(data[: 44 + int((len(data) - 44) * keep_fraction)])
+
+
+def claims_more_than_it_has(source, target):
+    data = bytearray(source.read_bytes())
+    data[40:44] = struct.pack("<I", struct.unpack("<I", bytes(data[40:44]))[0] * 10)  # data chunk size x10
+    target.write_bytes(bytes(data))
+
+
+def test_mixed_bad_and_unusual_files(tmp_path, tiny_model):
+    rec = tmp_path / "rec"
+    good = write_wav(rec / "good.wav", 4.0)
+    (rec / "zero.wav").write_bytes(b"")
+    wav_header_only(rec / "header_only.wav")
+    truncated_copy(good, rec / "truncated.wav")
+    claims_more_than_it_has(good, rec / "claims_more.wav")
+    (rec / "random.wav").write_bytes(np.random.default_rng(0).bytes(20000))
+    (rec / "text.flac").write_text("this is not audio\n" * 100)
+    write_wav(rec / "u8.wav", 2.0, subtype="PCM_U8")
+    write_wav(rec / "pcm24.wav", 2.0, subtype="PCM_24")
+    y = noise(2.0)
+    y[1000:1100] = np.nan
+    y[5000] = np.inf
+    y[6000] = -np.inf
+    sf.write(rec / "float_nan.wav", y, 44100, subtype="FLOAT")
+    write_wav(rec / "eight_channels.wav", 2.0, channels=8)
+    sf.write(rec / "one_sample.wav", np.array([0.1], np.float32), 44100)
+    write_wav(rec / "rate_8k.wav", 3.0, sr=8000)
+    write_wav(rec / "rate_384k.wav", 2.0, sr=384000)
+    (rec / "loop_a.wav").symlink_to(rec / "loop_b.wav")
+    (rec / "loop_b.wav").symlink_to(rec / "loop_a.wav")
+    (rec / "dir_loop").symlink_to(rec)
+    write_wav(rec / "with space ünïcode.wav", 2.0)
+    write_wav(rec / os.fsdecode(b"latin1_\xe9t\xe9.wav"), 2.0)
+    write_wav(rec / "site_a" / "same.wav", 2.0)
+    write_wav(rec / "site_b" / "same.wav", 2.0)
+
+    out = tmp_path / "det.parquet"
+    summary = scan(rec, out, tiny_model)
+    assert summary.exit_code == EXIT_FILES_FAILED
+    det = pd.read_parquet(out)
+    files = pd.read_parquet(files_table_path(out)).set_index("path")
+
+    failed = files[files.status == "failed"]
+    assert sorted(failed.index) == ["header_only.wav", "loop_a.wav", "loop_b.wav", "random.wav", "text.flac",
+                                    "zero.wav"]
+    assert failed.loc["zero.wav", "error"] == "the file is empty (0 bytes)"
+    assert failed.loc["header_only.wav", "error"] == "the file holds no audio samples"
+    assert "symbolic links" in failed.loc["loop_a.wav", "error"]
+    assert failed.loc["random.wav", "error"].startswith("not a readable audio file")
+
+    ok = files[files.status == "ok"]
+    windows = ok["windows"].to_dict()
+    assert windows["good.wav"] == 2 and windows["eight_channels.wav"] == 1 and windows["one_sample.wav"] == 1
+    assert windows["rate_8k.wav"] == 2 and windows["rate_384k.wav"] == 1
+    assert ok.loc["rate_384k.wav", "sample_rate"] == 384000
+    assert 1 <= windows["truncated.wav"] <= 2 and 1 <= windows["claims_more.wav"] <= 2
+    assert {"site_a/same.wav", "site_b/same.wav", "with space ünïcode.wav", "latin1_\\xe9t\\xe9.wav"} <= set(ok.index)
+    assert len(det) == ok["windows"].sum()
+    assert np.isfinite(det.score).all() and np.isfinite(det.open_set_score).all()
+    assert np.isfinite(np.stack(det.top_scores)).all()
