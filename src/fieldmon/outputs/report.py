@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import io
 from pathlib import Path
 
@@ -100,7 +101,7 @@ def write_report(output: ScanOutput, out_dir: str | Path, filters: Filters = Fil
         ("files failed", f"{int((output.files.get('status') == 'failed').sum()) if len(output.files) else 0:,}"),
         ("hours recorded", f"{eff['hours_recorded'].sum():.2f}" if len(eff) else "0"),
         ("model", str(meta.get("model_id", "?"))),
-        ("scan settings", html.escape(str(meta.get("settings", {})))),
+        ("scan settings", html.escape(json.dumps(meta.get("settings", {})))),
         ("filters", html.escape(filters.describe())),
         ("detections", html.escape(source)),
         ("report made by", f"fieldmon {__version__}"),
