@@ -172,3 +172,12 @@ def test_cli_requires_a_budget_and_reports_bad_clips(tmp_path):
     assert result.exit_code == 2 and "--steps" in result.output
     result = runner.invoke(main, ["train", str(tmp_path / "clips"), "--out", str(tmp_path / "m"), "--steps", "1"])
     assert result.exit_code == 1 and "empty_species: species folder holds no audio files" in result.output
+
+
+def test_epoch_budget_counts_passes_over_the_training_windows(tmp_path):
+    # 18 training windows, 3 species x 3 per mini-batch = 9 windows: 2 mini-batches per epoch
+    loop = make_loop(tmp_path, TrainSettings(epochs=3, windows_per_class=3, eval_every=100))
+    state = loop.run()
+    assert state.minibatch == 6 and state.step == 6
+    with pytest.raises(ValueError, match="exactly one training budget"):
+        TrainSettings(steps=5, epochs=1)
