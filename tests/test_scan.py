@@ -182,3 +182,27 @@ def test_recorder_series_day(tmp_path, tiny_model):
     assert det.local_time.max() == pd.Timestamp("2019-05-22 23:45:08")
     assert (files.sample_rate == 22000).all()
     assert scan(series, out, tiny_model).rows == 0
+
+
+def test_write_failure_is_a_clear_error_and_keeps_committed_parts(tmp_path, tiny_model, monkeypatch):
+    rec = tmp_path / "rec"
+    for i in range(3):
+        write_wav(rec / f"f{i}.wav", 2.0, seed=i)
+    out = tmp_path / "det.parquet"
+    scan(rec, out, tiny_model, options=RunOptions(commit_every_files=1))
+    before = sorted(p.name for p in out.glob("part-*.parquet"))
+    write_wav(rec / "new.wav", 2.0, seed=7)
+
+    import pyarrow.parquet as pq
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pq, "write_table", disk_full)
+    with pytest.raises(StoreError, match="No space left on device.*intact"):
+        scan(rec, out, tiny_model)
+    monkeypatch.undo()
+    assert sorted(p.name for p in out.glob("part-*.parquet")) == before
+    assert not list(out.glob(".*.tmp"))
+    assert len(read(out)[0]) == 3
+    assert scan(rec, out, tiny_model).files_ok == 1  # the next run picks up what failed to commit

@@ -95,7 +95,10 @@ class DetectionStore:
 
     def _lock(self) -> None:
         path = self.meta_dir / "lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StoreError(f"cannot open {path}: {exc.strerror or exc} (is the output read-only?)") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -180,11 +183,18 @@ class DetectionStore:
 
 def _write_parquet(table: pa.Table, path: Path) -> None:
     tmp = path.parent / f".{path.stem}.{os.getpid()}.tmp"
-    pq.write_table(table, tmp, compression="zstd")
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise StoreError(
+            f"cannot write {path}: {exc.strerror or exc}; every part written before is intact, "
+            "and the files of this part will be scanned again on the next run"
+        ) from exc
 
 
 def _fsync_dir(folder: Path) -> None:
