@@ -206,3 +206,32 @@ def test_write_failure_is_a_clear_error_and_keeps_committed_parts(tmp_path, tiny
     assert not list(out.glob(".*.tmp"))
     assert len(read(out)[0]) == 3
     assert scan(rec, out, tiny_model).files_ok == 1  # the next run picks up what failed to commit
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_sigint_and_sigterm_stop_cleanly_keeping_finished_files(tmp_path, tiny_model, sig):
+    import signal
+
+    rec = tmp_path / "rec"
+    for i in range(30):
+        write_wav(rec / f"f{i:02d}.wav", 4.0, seed=i)
+    out = tmp_path / "det.parquet"
+    script = ("import sys\nfrom fieldmon.scan.pipeline import RunOptions, scan\n"
+              "s = scan(sys.argv[1], sys.argv[2], sys.argv[3], options=RunOptions(batch_size=4, commit_every_files=2))\n"
+              "print('interrupted' if s.interrupted else 'finished', file=sys.stderr)\nsys.exit(s.exit_code)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script, str(rec), str(out), str(tiny_model)],
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list(files_table_path(out).glob("part-*.parquet")) if files_table_path(out).exists() else True:
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.2)
+    proc.send_signal(getattr(signal, sig))
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in stderr
+    kept = read(out)[1]
+    assert 1 <= len(kept) < 30 and (kept.status == "ok").all()
+    summary = scan(rec, out, tiny_model)
+    assert summary.files_skipped == len(kept) and summary.files_ok == 30 - len(kept)
+    det, files = read(out)
+    assert len(det) == 60 and not det.duplicated(["path", "window_start_s"]).any() and files.path.is_unique
