@@ -95,3 +95,16 @@ def test_unknown_labels_for_evaluation(tmp_path):
     root = species_folder(tmp_path, {"x": 1, "y": 1})
     with pytest.raises(DatasetError, match="labels the model does not know: y"):
         load_clips(root, known_labels=["x"])
+
+
+def test_silent_clips_are_reported_before_training(tmp_path):
+    from fieldmon.features import FeatureSettings
+    from fieldmon.train.cache import FeatureCache, build_window_set
+
+    root = species_folder(tmp_path / "clips", {"x": 2})
+    sf.write(root / "x" / "silent.wav", np.zeros(44100, np.float32), 44100)
+    sf.write(root / "x" / "also_silent.wav", np.zeros(22050, np.float32), 22050)
+    clips = load_clips(root)
+    with pytest.raises(DatasetError) as err:
+        build_window_set(clips.clips, clips.class_names, FeatureCache(tmp_path / "cache", FeatureSettings(), 2.0))
+    assert len(err.value.problems) == 2 and all("silent" in p for p in err.value.problems)

@@ -115,6 +115,7 @@ def train(clips, out, base, steps, epochs, device, seed, resume, cache_dir, quie
 def evaluate(model, clips, outliers, split, json_out, cache_dir) -> None:
     """Macro-F1 per window and per file, accuracy, per-species scores and the confusion
     matrix of MODEL on labelled CLIPS (folder or manifest)."""
+    from fieldmon.audio import AudioReadError
     from fieldmon.cli.train import fail, print_evaluation
     from fieldmon.evaluation.evaluate import evaluate as run_evaluation
     from fieldmon.model.bundle import BundleError
@@ -122,7 +123,7 @@ def evaluate(model, clips, outliers, split, json_out, cache_dir) -> None:
 
     try:
         result = run_evaluation(model, clips, outliers=outliers, split=split, cache_dir=cache_dir)
-    except (BundleError, DatasetError, ValueError) as exc:
+    except (AudioReadError, BundleError, DatasetError, ValueError) as exc:
         fail(exc)
     print_evaluation(result, json_out)
 

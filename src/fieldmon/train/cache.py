@@ -16,10 +16,10 @@ from typing import Callable
 
 import numpy as np
 
-from fieldmon.audio import cut_windows, load_audio
+from fieldmon.audio import AudioReadError, cut_windows, load_audio
 from fieldmon.features import FeatureExtractor, FeatureSettings
 from fieldmon.fileio import atomic_write
-from fieldmon.train.dataset import Clip
+from fieldmon.train.dataset import Clip, DatasetError
 
 
 def default_cache_dir() -> Path:
@@ -66,6 +66,8 @@ class FeatureCache:
                 pass  # a damaged cache entry is recomputed, never trusted
         self.misses += 1
         samples = load_audio(path, self.settings.sample_rate)
+        if not np.any(samples):
+            raise AudioReadError(path, "the clip is silent (every sample is zero)")
         # Training uses full windows; a clip shorter than one window is repeated (paper, III.C).
         windows = cut_windows(samples, self.settings.window_samples, self.hop, keep_partial=False).samples
         features = np.concatenate(
@@ -84,13 +86,21 @@ def build_window_set(
     cache: FeatureCache,
     on_clip: Callable[[int], None] | None = None,
 ) -> WindowSet:
+    """Features of every clip; clips that cannot be used (silent, undecodable) are all
+    reported together, before training starts."""
     index = {name: i for i, name in enumerate(class_names)}
-    features, labels, clip_index = [], [], []
+    features, labels, clip_index, problems = [], [], [], []
     for i, clip in enumerate(clips):
-        f = cache.clip_features(clip.path)
+        try:
+            f = cache.clip_features(clip.path)
+        except AudioReadError as exc:
+            problems.append(str(exc))
+            continue
         features.append(f)
         labels.append(np.full(len(f), index[clip.label], dtype=np.int64))
         clip_index.append(np.full(len(f), i, dtype=np.int64))
         if on_clip:
             on_clip(i)
+    if problems:
+        raise DatasetError(problems)
     return WindowSet(np.concatenate(features), np.concatenate(labels), np.concatenate(clip_index), clips)
