@@ -319,27 +319,27 @@ class _Runner:
 
     def _file_row(self, state: _FileState, ok: bool, seconds: float) -> dict:
         rec, info = state.recording, state.info
-        return {
-            "path": [rec.relative], "site": [info.site if info else rec.path.parent.name],
-            "size": [rec.size], "mtime_ns": [rec.mtime_ns],
-            "status": ["ok" if ok else "failed"], "error": [state.error],
-            "duration_s": [seconds if ok else None], "sample_rate": [state.sample_rate], "channels": [state.channels],
-            "recorder_start_utc": [info.utc_start if info else None],
-            "recorder_start_local": [info.local_start if info else None],
-            "time_source": [info.time_source if info else None],
-            "windows": [state.produced if ok else 0], "model_id": [self.bundle.model_id],
-            "scanned_at": [time.time_ns() // 1_000_000_000],
-        }
+        return self._file_record(
+            rec.relative, site=info.site if info else rec.path.parent.name, size=rec.size, mtime_ns=rec.mtime_ns,
+            status="ok" if ok else "failed", error=state.error, duration_s=seconds if ok else None,
+            sample_rate=state.sample_rate, channels=state.channels,
+            recorder_start_utc=info.utc_start if info else None,
+            recorder_start_local=info.local_start if info else None,
+            time_source=info.time_source if info else None, windows=state.produced if ok else 0,
+        )
+
+    def _file_record(self, path: str, **fields) -> dict:
+        """One row of the per-file table, as single-item columns; absent fields are null."""
+        row = {name: [None] for name in self.file_schema.names}
+        row.update({"path": [path], "windows": [0], "model_id": [self.bundle.model_id],
+                    "scanned_at": [time.time_ns() // 1_000_000_000]})
+        row.update({name: [value] for name, value in fields.items()})
+        return row
 
     def record_listing_problem(self, relative: str, problem: str) -> None:
         self.summary.files_failed += 1
         self.summary.failures.append((relative, problem))
-        self.pending_files.append({
-            "path": [relative], "site": [None], "size": [None], "mtime_ns": [None], "status": ["failed"],
-            "error": [problem], "duration_s": [None], "sample_rate": [None], "channels": [None],
-            "recorder_start_utc": [None], "recorder_start_local": [None], "time_source": [None], "windows": [0],
-            "model_id": [self.bundle.model_id], "scanned_at": [time.time_ns() // 1_000_000_000],
-        })
+        self.pending_files.append(self._file_record(relative, status="failed", error=problem))
 
     def _commit(self) -> None:
         if not self.pending_files:
