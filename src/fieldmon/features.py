@@ -69,10 +69,6 @@ class FeatureSettings:
         return round(self.hop_seconds * self.sample_rate)
 
     @property
-    def n_bins(self) -> int:
-        return self.frame_length // 2 + 1
-
-    @property
     def shape(self) -> tuple[int, int, int]:
         return (3, self.n_mels, self.n_frames)
 
@@ -93,11 +89,8 @@ class FeatureSettingsMismatch(ValueError):
 
 def check_same_settings(expected: FeatureSettings, actual: FeatureSettings) -> None:
     if expected != actual:
-        diffs = [
-            f"{k}: model {v!r}, features {actual.to_dict()[k]!r}"
-            for k, v in expected.to_dict().items()
-            if actual.to_dict()[k] != v
-        ]
+        theirs = actual.to_dict()
+        diffs = [f"{k}: model {v!r}, features {theirs[k]!r}" for k, v in expected.to_dict().items() if theirs[k] != v]
         raise FeatureSettingsMismatch(
             "features were computed with other settings than the model expects ("
             + "; ".join(diffs)

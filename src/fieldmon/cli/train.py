@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import click
@@ -25,7 +24,6 @@ class TrainDisplay:
         self.progress: Progress | None = None
         self.task = None
         self.first_step_logged = False
-        self.started = time.monotonic()
 
     def message(self, text: str) -> None:
         self.console.print(text, markup=False, highlight=False)

@@ -12,9 +12,6 @@ from fieldmon import __version__
 from fieldmon.model.openset import UNKNOWN
 from fieldmon.recorder import RecorderInfo
 
-FILE_STATUS = ("ok", "failed", "skipped")
-
-
 def detection_schema(top_k: int, embedding_dim: int | None, metadata: dict) -> pa.Schema:
     fields = [
         pa.field("path", pa.string()),  # relative to the scanned root
