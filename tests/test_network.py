@@ -70,3 +70,16 @@ def test_strides_must_reduce_mel_axis_to_one():
     with pytest.raises(ValueError, match="reduce 40 Mel bands to 3"):
         NetworkSettings(mel_strides=(2, 2, 2, 2))
     assert NetworkSettings.from_dict(NetworkSettings().to_dict()) == NetworkSettings()
+
+
+def test_different_windows_give_different_embeddings_at_initialisation():
+    # With PyTorch's default init the 13 plain convolutions shrink the signal until
+    # every input maps to the same embedding (spread ~5e-7) and training cannot start.
+    torch.manual_seed(0)
+    net = MultiscaleCNN().eval()
+    generator = torch.Generator().manual_seed(1)
+    windows = torch.rand(8, 3, 40, 200, generator=generator)
+    windows[:4, :, :20] = 0.0  # half the windows have nothing in the low bands
+    with torch.no_grad():
+        spread = net(windows).std(dim=0).mean().item()
+    assert spread > 1e-3

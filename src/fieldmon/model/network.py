@@ -13,6 +13,14 @@ embedding network; the paper states 1,286,410):
   before each of the dense layers 256 (ReLU), 128 (ReLU), 128; the output is
   L2-normalised onto the unit hypersphere.
 
+Initialisation: the paper does not state one. PyTorch's default (uniform,
+variance 1/(3 fan_in)) shrinks the signal at every one of the 13 plain
+convolutions (there is no batch normalisation), so at initialisation every
+input gives the same embedding to within 1e-6 and neither loss can start to
+learn. He-normal weights with zero biases keep the variance through ReLU
+layers; ``tests/test_network.py`` pins that embeddings of different windows
+differ at initialisation.
+
 Every layer has a bias. Counting the layers exactly as the text lists them
 gives 1,380,224; no single plausible change (no biases, a shared 1x1 reduction,
 a softmax head for one of the paper's class counts) lands on 1,286,410, so we
@@ -146,6 +154,7 @@ class MultiscaleCNN(nn.Module):
             self.head = DenseHead(settings, settings.embedding_dim, normalize=True)
         else:
             self.head = DenseHead(settings, n_classes, normalize=False)
+        self.apply(_he_init)
 
     @property
     def is_embedding(self) -> bool:
@@ -153,6 +162,12 @@ class MultiscaleCNN(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.head(self.trunk(features))
+
+
+def _he_init(module: nn.Module) -> None:
+    if isinstance(module, (nn.Conv2d, nn.Linear)):
+        nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+        nn.init.zeros_(module.bias)
 
 
 class MLPClassifier(nn.Module):
