@@ -7,6 +7,7 @@ import struct
 
 import numpy as np
 import pandas as pd
+import pytest
 import soundfile as sf
 
 from conftest import noise, write_wav
@@ -82,3 +83,53 @@ def test_mixed_bad_and_unusual_files(tmp_path, tiny_model):
     assert len(det) == ok["windows"].sum()
     assert np.isfinite(det.score).all() and np.isfinite(det.open_set_score).all()
     assert np.isfinite(np.stack(det.top_scores)).all()
+
+
+def test_unreadable_file_is_recorded_and_the_others_scanned(tmp_path, tiny_model):
+    import shutil
+    import subprocess
+    import sys
+
+    rec = tmp_path / "rec"
+    write_wav(rec / "good.wav", 2.0)
+    write_wav(rec / "secret.wav", 2.0).chmod(0)
+    out = tmp_path / "det.parquet"
+    command = [sys.executable, "-c", "import sys; from fieldmon.scan.pipeline import scan; "
+               f"sys.exit(scan({str(rec)!r}, {str(out)!r}, {str(tiny_model)!r}).exit_code)"]
+    if os.geteuid() == 0:
+        # chmod 000 does not stop root: run the scan without the capabilities that bypass it
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without util-linux setpriv, so no file can be made unreadable")
+        command = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *command]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == EXIT_FILES_FAILED, result.stderr
+    files = pd.read_parquet(files_table_path(out)).set_index("path")
+    assert files.loc["good.wav", "status"] == "ok"
+    assert files.loc["secret.wav", "status"] == "failed"
+    assert "permission denied" in files.loc["secret.wav", "error"]
+
+
+def test_file_still_being_copied_is_rescanned_once_complete(tmp_path, tiny_model):
+    # A cron scan can meet a file mid-copy: it gets whatever was there, and the next
+    # run sees the new size and mtime and replaces that file's rows.
+    rec = tmp_path / "rec"
+    full = write_wav(tmp_path / "source" / "night.wav", 12.0)
+    write_wav(rec / "other.wav", 2.0)
+    target = rec / "night.wav"
+    truncated_copy(full, target, keep_fraction=0.3)  # header written, copy under way
+    out = tmp_path / "det.parquet"
+    first = scan(rec, out, tiny_model)
+    assert first.exit_code == 0 and first.files_ok == 2
+
+    target.write_bytes(full.read_bytes())  # the copy completes
+    os.utime(target, ns=(target.stat().st_atime_ns, target.stat().st_mtime_ns + 10**9))
+    second = scan(rec, out, tiny_model)
+    assert second.files_ok == 1 and second.files_skipped == 1
+
+    reference = tmp_path / "ref.parquet"
+    scan(rec, reference, tiny_model)
+    columns = ["path", "window_start_s", "label", "score"]
+    got = pd.read_parquet(out)[columns].sort_values(columns[:2]).reset_index(drop=True)
+    want = pd.read_parquet(reference)[columns].sort_values(columns[:2]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(got, want)
+    assert (got.path == "night.wav").sum() == 6
