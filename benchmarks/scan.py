@@ -1,10 +1,16 @@
-"""End-to-end scan throughput and peak memory.
+"""Scan throughput, stage by stage, and peak memory.
 
     python benchmarks/scan.py throughput [--hours 1] [--model default|DIR] [--device cpu]
+                                         [--precision fp32,int8] [--birdnet PEER_SCRIPT]
     python benchmarks/scan.py memory [--short-min 10] [--long-hours 10] [--model DIR]
 
-throughput: scans a synthetic recording (noise with tones and clicks, 44.1 kHz) and
-reports windows/s and the multiple of real time.
+throughput: writes a synthetic recording (noise with tones and clicks; 48 kHz as
+AudioMoths record, so the scan resamples to the model's 44.1 kHz) and reports, in one
+run and for each precision: decode, resample, features, CNN (network + MLP +
+open set, on precomputed features) and write throughput separately in windows/s,
+the end-to-end scan (windows/s, multiple of real time, hours of audio per minute) and
+its ratio to the CNN alone. With --birdnet, the peer BirdNET is timed on the same
+file right after (../shared/tools/birdnet-peer) and the ratios are reported.
 memory: scans a short and a long synthetic file, each in its own process, and reports
 their peak resident memory; streaming decode keeps the two close. A small network is
 used unless --model is given, since the network's memory does not depend on length.
@@ -52,11 +58,11 @@ def tiny_model(folder: Path) -> Path:
     return bundle.save(folder / "small-model")
 
 
-def run_scan(audio: Path, model: str, device: str, out: Path) -> dict:
+def run_scan(audio: Path, model: str, device: str, out: Path, precision: str = "fp32") -> dict:
     from fieldmon.scan.pipeline import RunOptions, scan
 
     start = time.perf_counter()
-    summary = scan(audio, out, model, options=RunOptions(device=device))
+    summary = scan(audio, out, model, options=RunOptions(device=device, precision=precision))
     wall = time.perf_counter() - start
     return {
         "audio_hours": summary.audio_seconds / 3600,
@@ -69,13 +75,101 @@ def run_scan(audio: Path, model: str, device: str, out: Path) -> dict:
     }
 
 
+def rate(windows: int, seconds: float) -> float:
+    return windows / seconds
+
+
+def stage_rates(audio: Path, model: str, device: str, precision: str, sample_windows: int = 256) -> dict:
+    """Each stage alone, in windows/s of the model's 2 s windows."""
+    import soxr
+    import torch
+
+    from fieldmon import FeatureExtractor, load_model
+    from fieldmon.audio import cut_windows
+    from fieldmon.recorder import RecorderInfo
+    from fieldmon.scan.rows import window_rows
+
+    bundle = load_model(model, precision).to(device).eval()
+    fs = bundle.feature_settings
+    info = sf.info(str(audio))
+    total_windows = int(info.duration // fs.window_seconds)
+    start = time.perf_counter()
+    with sf.SoundFile(audio) as f:
+        blocks = [b for b in f.blocks(blocksize=int(30 * f.samplerate), dtype="float32")]
+    decode = time.perf_counter() - start
+    start = time.perf_counter()
+    stream = soxr.ResampleStream(info.samplerate, fs.sample_rate, 1, dtype="float32", quality="HQ")
+    resampled = np.concatenate([stream.resample_chunk(b, last=i == len(blocks) - 1) for i, b in enumerate(blocks)])
+    resample = time.perf_counter() - start
+    windows = cut_windows(resampled[: sample_windows * fs.window_samples], fs.window_samples, fs.window_samples)
+    sample_windows = len(windows.starts)
+    del blocks, resampled
+    extractor = FeatureExtractor(fs, torch.device(device))
+    extractor(windows.samples[:16])  # compile and warm up
+    start = time.perf_counter()
+    features = torch.cat([extractor(windows.samples[i : i + 64]) for i in range(0, sample_windows, 64)])
+    feature_s = time.perf_counter() - start
+    with torch.inference_mode():
+        bundle.predict(features[:16], fs)
+        start = time.perf_counter()
+        predictions = [bundle.predict(features[i : i + 64], fs) for i in range(0, sample_windows, 64)]
+        cnn = time.perf_counter() - start
+    probabilities = torch.cat([p.probabilities for p in predictions]).cpu().numpy()
+    scores = torch.cat([p.open_set_scores for p in predictions]).cpu().numpy() if bundle.open_set else None
+    start = time.perf_counter()
+    columns = window_rows("bench.wav", RecorderInfo(None, None, "bench", None), windows.starts, windows.partial, probabilities,
+                          scores, bundle.open_set.threshold if bundle.open_set else None, bundle.class_names,
+                          fs.sample_rate, fs.window_seconds, 3, bundle.model_id)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pq.write_table(pa.table(columns), Path(tmp) / "part.parquet")
+    write = time.perf_counter() - start
+    return {
+        "decode_windows_per_s": rate(total_windows, decode),
+        "resample_windows_per_s": rate(total_windows, resample),
+        "features_windows_per_s": rate(sample_windows, feature_s),
+        "cnn_windows_per_s": rate(sample_windows, cnn),
+        "write_windows_per_s": rate(sample_windows, write),
+    }
+
+
+def birdnet(peer: str, audio: Path) -> dict:
+    child = subprocess.run([peer, str(audio)], check=True, capture_output=True, text=True)
+    line = next(x for x in child.stdout.splitlines() if x.startswith("RESULT "))
+    return json.loads(line[len("RESULT "):])
+
+
+def print_table(result: dict) -> None:
+    precisions = [k for k in ("fp32", "int8") if k in result]
+    rows = [("decode", "decode_windows_per_s"), ("resample", "resample_windows_per_s"),
+            ("features", "features_windows_per_s"), ("CNN alone", "cnn_windows_per_s"),
+            ("write", "write_windows_per_s")]
+    print(f"{'windows/s':<24}" + "".join(f"{p:>12}" for p in precisions))
+    for name, key in rows:
+        print(f"{name:<24}" + "".join(f"{result[p][key]:>12.1f}" for p in precisions))
+    scans = [result[p]["scan"] for p in precisions]
+    for name, key in (("end to end", "windows_per_s"), ("end to end / CNN alone", "end_to_end_over_cnn"),
+                      ("x real time", "x_real_time"), ("h of audio per minute", "audio_hours_per_minute"),
+                      ("peak RSS (MB)", "peak_rss_mb"), ("speed / BirdNET", "speed_over_birdnet")):
+        if all(key in s for s in scans):
+            print(f"{name:<24}" + "".join(f"{s[key]:>12.2f}" for s in scans))
+    if "birdnet" in result:
+        peer = result["birdnet"]
+        print(f"BirdNET: {peer['t_predict_s']} s for {peer['audio_s'] / 3600:.2f} h "
+              f"({peer['windows_per_s_predict']} windows of 3 s per s)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("mode", choices=["throughput", "memory", "one"])
     parser.add_argument("--hours", type=float, default=1.0)
     parser.add_argument("--short-min", type=float, default=10.0)
     parser.add_argument("--long-hours", type=float, default=10.0)
-    parser.add_argument("--sample-rate", type=int, default=44100)
+    parser.add_argument("--sample-rate", type=int, default=48000)
+    parser.add_argument("--precision", default="fp32", help="comma-separated: fp32,int8")
+    parser.add_argument("--birdnet", default=None, help="path of ../shared/tools/birdnet-peer")
     parser.add_argument("--model", default=None)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workdir", type=Path, default=None)
@@ -90,9 +184,22 @@ def main() -> None:
         return
     model = args.model or str(tiny_model(work))
     if args.mode == "throughput":
+        import torch
+
         audio = synthetic_recording(work / f"synthetic_{args.hours:g}h.wav", args.hours * 3600, args.sample_rate)
         result = {"mode": "throughput", "model": args.model or "small test network", "device": args.device,
-                  **run_scan(audio, model, args.device, work / "throughput.parquet")}
+                  "sample_rate": args.sample_rate, "torch_threads": torch.get_num_threads()}
+        for precision in args.precision.split(","):
+            stages = stage_rates(audio, model, args.device, precision)
+            scan_result = run_scan(audio, model, args.device, work / f"throughput_{precision}.parquet", precision)
+            scan_result["end_to_end_over_cnn"] = scan_result["windows_per_s"] / stages["cnn_windows_per_s"]
+            result[precision] = {**stages, "scan": scan_result}
+        if args.birdnet:
+            peer = birdnet(args.birdnet, audio)
+            result["birdnet"] = peer
+            for precision in args.precision.split(","):
+                result[precision]["scan"]["speed_over_birdnet"] = (
+                    peer["t_predict_s"] / result[precision]["scan"]["wall_s"])
     else:
         result = {"mode": "memory", "model": args.model or "small test network", "device": args.device}
         for name, seconds in (("short", args.short_min * 60), ("long", args.long_hours * 3600)):
@@ -104,6 +211,8 @@ def main() -> None:
             audio.unlink()
         result["peak_rss_ratio_long_over_short"] = result["long"]["peak_rss_mb"] / result["short"]["peak_rss_mb"]
     print(json.dumps(result, indent=2))
+    if args.mode == "throughput":
+        print_table(result)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
 

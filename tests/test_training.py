@@ -74,6 +74,18 @@ def test_training_changes_weights_and_finds_triplets(tmp_path):
     assert any(not torch.equal(before[k], v) for k, v in loop.module.state_dict().items())
 
 
+def test_first_adagrad_update_follows_the_gradient_not_its_sign(tmp_path):
+    # Keras/TensorFlow's Adagrad starts its sum of squares at 0.1; with torch's 0 the
+    # first update is +-lr on every weight, however small its gradient.
+    loop = make_loop(tmp_path, TrainSettings(steps=1, windows_per_class=3, eval_every=10))
+    before = {n: p.detach().clone() for n, p in loop.module.named_parameters()}
+    loop.run()
+    step = torch.cat([(before[n] - p.detach()).flatten() for n, p in loop.module.named_parameters()]).abs()
+    lr = loop.settings.learning_rate
+    assert step.max() <= lr * 1.0001  # lr * g / sqrt(0.1 + g^2): lr only for large gradients
+    assert (step < 0.5 * lr).float().mean() > 0.5  # with torch's 0 nearly every step is exactly lr
+
+
 def test_sigint_stops_after_the_step_and_saves(tmp_path):
     loop = make_loop(tmp_path, TrainSettings(steps=50, windows_per_class=3, eval_every=100, checkpoint_every=100))
 

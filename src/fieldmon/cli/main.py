@@ -50,6 +50,8 @@ def info(model: str) -> None:
 @click.option("--hop", type=float, default=2.0, show_default=True, help="Seconds between training windows.")
 @click.option("--lr", type=float, default=1e-3, show_default=True)
 @click.option("--weight-decay", type=float, default=1e-4, show_default=True)
+@click.option("--adagrad-initial-accumulator", type=float, default=0.1, show_default=True,
+              help="Adagrad's starting sum of squares (Keras/TensorFlow's default; 0 is torch's).")
 @click.option("--margin-start", type=float, default=0.2, show_default=True)
 @click.option("--margin-step", type=float, default=0.05, show_default=True)
 @click.option("--margin-max", type=float, default=0.6, show_default=True)
@@ -112,7 +114,9 @@ def train(clips, out, base, steps, epochs, device, seed, resume, cache_dir, quie
               help="Only the clips of this split of a manifest, e.g. MODEL/split.csv saved by fieldmon train.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the metrics as JSON.")
 @click.option("--cache", "cache_dir", type=click.Path(path_type=Path), default=None)
-def evaluate(model, clips, outliers, split, json_out, cache_dir) -> None:
+@click.option("--precision", type=click.Choice(["fp32", "int8"]), default="fp32", show_default=True,
+              help="int8: the model's quantised trunk (see fieldmon quantize).")
+def evaluate(model, clips, outliers, split, json_out, cache_dir, precision) -> None:
     """Macro-F1 per window and per file, accuracy, per-species scores and the confusion
     matrix of MODEL on labelled CLIPS (folder or manifest)."""
     from fieldmon.audio import AudioReadError
@@ -122,10 +126,32 @@ def evaluate(model, clips, outliers, split, json_out, cache_dir) -> None:
     from fieldmon.train.dataset import DatasetError
 
     try:
-        result = run_evaluation(model, clips, outliers=outliers, split=split, cache_dir=cache_dir)
+        result = run_evaluation(model, clips, outliers=outliers, split=split, cache_dir=cache_dir, precision=precision)
     except (AudioReadError, BundleError, DatasetError, ValueError) as exc:
         fail(exc)
     print_evaluation(result, json_out)
+
+
+@main.command()
+@click.argument("model")
+@click.argument("clips", type=click.Path(exists=True, path_type=Path))
+@click.option("--windows", type=int, default=256, show_default=True, help="Calibration windows.")
+@click.option("--cache", "cache_dir", type=click.Path(path_type=Path), default=None)
+def quantize(model, clips, windows, cache_dir) -> None:
+    """Add an int8 version of MODEL's convolutions for `--precision int8`, calibrated
+    on windows of the training clips CLIPS (folder or manifest). Needs
+    pip install 'fieldmon[int8]'. Measure it with `fieldmon evaluate --precision int8`."""
+    from fieldmon.audio import AudioReadError
+    from fieldmon.cli.train import fail
+    from fieldmon.model.bundle import BundleError
+    from fieldmon.train.api import quantize as run_quantize
+    from fieldmon.train.dataset import DatasetError
+
+    try:
+        section = run_quantize(model, clips, windows=windows, cache_dir=cache_dir)
+    except (AudioReadError, BundleError, DatasetError, ValueError) as exc:
+        fail(exc)
+    click.echo(f"wrote {section['file']} ({section['calibration_windows']} calibration windows)")
 
 
 @main.command()
@@ -143,9 +169,11 @@ def evaluate(model, clips, outliers, split, json_out, cache_dir) -> None:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--workers", type=int, default=2, show_default=True, help="Decoding threads.")
+@click.option("--precision", type=click.Choice(["fp32", "int8"]), default="fp32", show_default=True,
+              help="int8: faster on CPU with the model's quantised trunk (pip install 'fieldmon[int8]').")
 @click.option("--quiet", is_flag=True, help="Only the summary.")
 def scan(recordings, out, model, hop, channel, top_k, min_score, embeddings, tz, device, batch_size, workers,
-         quiet) -> None:
+         precision, quiet) -> None:
     """Scan RECORDINGS (a folder, searched recursively, or one file) into per-window detections.
 
     Rerunning the same command scans only new or changed files. Exit status: 0 all
@@ -161,7 +189,7 @@ def scan(recordings, out, model, hop, channel, top_k, min_score, embeddings, tz,
                             embeddings=embeddings, tz=tz)
     display = ScanDisplay(quiet)
     try:
-        summary = run_scan(recordings, out, model, settings, RunOptions(device, batch_size, workers), display)
+        summary = run_scan(recordings, out, model, settings, RunOptions(device, batch_size, workers, precision=precision), display)
     except (BundleError, StoreError, ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
     display.finish(summary, str(out))

@@ -81,10 +81,11 @@ def evaluate(
     outliers: str | Path | None = None,
     split: str | None = None,
     cache_dir: str | Path | None = None,
+    precision: str = "fp32",
 ) -> dict:
     """``fieldmon evaluate``: metrics of a model on labelled clips (optionally one
     split of a manifest), plus rejection of outlier clips when given."""
-    bundle = load_model(model)
+    bundle = load_model(model, precision)
     clips = load_clips(clips_source, known_labels=bundle.class_names)
     chosen = clips.clips if split is None else clips.in_split(split)
     if not chosen:

@@ -249,14 +249,23 @@ def resolve_model_path(model: str | os.PathLike) -> Path:
     return Path(model)
 
 
-def load_model(model: str | os.PathLike = DEFAULT_MODEL) -> ModelBundle:
+def load_model(model: str | os.PathLike = DEFAULT_MODEL, precision: str = "fp32") -> ModelBundle:
+    """``precision="int8"``: the bundle's quantised trunk on ONNX Runtime (CPU only;
+    see fieldmon.model.int8)."""
     path = resolve_model_path(model)
     if str(model) == DEFAULT_MODEL and not path.exists():
         raise BundleError(
             f"the default model is not installed with this copy of fieldmon ({path}); "
             "pass --model DIR with a model trained by `fieldmon train`"
         )
-    return ModelBundle.load(path)
+    bundle = ModelBundle.load(path)
+    if precision == "fp32":
+        return bundle
+    if precision != "int8":
+        raise ValueError(f"precision must be fp32 or int8, not {precision!r}")
+    from fieldmon.model.int8 import with_int8_trunk
+
+    return with_int8_trunk(bundle, path)
 
 
 def _section(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

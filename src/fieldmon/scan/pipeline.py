@@ -55,6 +55,7 @@ class RunOptions:
     commit_every_files: int = 200
     commit_every_seconds: float = 60.0
     keep_freed_memory: bool = False
+    precision: str = "fp32"  # "int8": quantised trunk on ONNX Runtime, CPU only
 
 
 @dataclass
@@ -115,8 +116,11 @@ def scan(
     progress = progress or ScanProgress()
     started = time.monotonic()
     tz = _zone(settings.tz)
-    bundle = model if isinstance(model, ModelBundle) else load_model(model)
-    device = resolve_device(options.device)
+    int8 = options.precision == "int8"
+    device = resolve_device("cpu" if int8 and options.device == "auto" else options.device)
+    if int8 and device.type != "cpu":
+        raise ValueError("--precision int8 runs on the CPU; use --device cpu (on a GPU, fp32 is the fast path)")
+    bundle = model if isinstance(model, ModelBundle) else load_model(model, options.precision)
     if device.type == "cpu" and options.keep_freed_memory:
         keep_freed_memory()
     bundle.to(device).eval()

@@ -191,3 +191,21 @@ def _write_split(path: Path, clips: ClipSet) -> None:
     writer.writerows(clips.split_table())
     atomic_write(path, buffer.getvalue().encode())
 
+
+def quantize(
+    model: str | Path, clips_source: str | Path, windows: int = 256, seed: int = 0, cache_dir: str | Path | None = None
+) -> dict:
+    """Write the bundle's int8 trunk (``fieldmon quantize``), calibrated on ``windows``
+    feature windows drawn from the training split of ``clips_source``."""
+    from fieldmon.model.bundle import resolve_model_path
+    from fieldmon.model.int8 import quantize_bundle
+
+    directory = resolve_model_path(model)
+    bundle = load_model(directory)
+    clips = assign_splits(load_clips(clips_source, known_labels=bundle.class_names), seed)
+    chosen = clips.in_split("train") or clips.clips
+    cache = FeatureCache(Path(cache_dir) if cache_dir else None, bundle.feature_settings, hop_seconds=2.0)
+    window_set = build_window_set(chosen, bundle.class_names, cache)
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(window_set.labels), size=min(windows, len(window_set.labels)), replace=False)
+    return quantize_bundle(directory, window_set.features[np.sort(pick)])

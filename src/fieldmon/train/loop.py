@@ -95,7 +95,10 @@ class TrainingLoop:
         )
         params = [p for p in module.parameters() if p.requires_grad]
         if self.triplet:
-            self.optimizer = torch.optim.Adagrad(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+            self.optimizer = torch.optim.Adagrad(
+                params, lr=settings.learning_rate, weight_decay=settings.weight_decay,
+                initial_accumulator_value=settings.adagrad_initial_accumulator,
+            )
         else:
             self.optimizer = torch.optim.Adam(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
         s = settings

@@ -1,0 +1,134 @@
+"""Opt-in int8 inference on CPU (``--precision int8``): the convolutional trunk
+quantised with ONNX Runtime, stored in the bundle as ``model.int8.onnx``.
+
+Why ONNX Runtime: on the 2-core dev CPU (AVX2, no VNNI) it ran this trunk about
+4x faster in int8 than PyTorch in fp32, where PyTorch's own int8 (FX, x86) reached
+about 2x with deprecated APIs (``benchmarks/scan.py``, ../shared/design.md).
+
+What is quantised: only the convolutions (static, QDQ, per-channel weights, MinMax
+calibration on real feature windows). The dense embedding head, the MLP and
+open-set rejection stay fp32 in torch: they are a rounding error of the cost.
+Weights use 7 of their 8 bits (``reduce_range``): with full-range U8S8 weights the
+int16 intermediate sums of AVX2 kernels overflow and the embeddings turn to noise
+(cosine 0.58 to fp32 in the design measurements); the tests check the agreement.
+
+An ONNX file is a protobuf graph of operators, not code, so loading one executes
+nothing; its sha256 is kept in model.json and checked like the weights'.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from fieldmon.fileio import atomic_write
+from fieldmon.model.bundle import JSON_NAME, BundleError, ModelBundle, read_metadata
+
+INT8_NAME = "model.int8.onnx"
+INT8_SUFFIX = "+int8"
+PRECISIONS = ("fp32", "int8")
+
+
+def _onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise BundleError(
+            "--precision int8 needs ONNX Runtime: pip install 'fieldmon[int8]'"
+        ) from exc
+    return onnxruntime
+
+
+def quantize_bundle(directory: str | os.PathLike, calibration: np.ndarray, batch: int = 8) -> dict:
+    """Write ``model.int8.onnx`` into the bundle at ``directory`` from ``calibration``
+    feature windows ``[N, 3, n_mels, frames]`` and record it in model.json."""
+    _onnxruntime()
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
+    from onnxruntime.quantization import quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    directory = Path(directory)
+    bundle = ModelBundle.load(directory)
+    calibration = np.ascontiguousarray(calibration, dtype=np.float32)
+    batches = [{"features": calibration[i : i + batch]} for i in range(0, len(calibration), batch)]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(batches)
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32, prepared, int8 = (Path(tmp) / name for name in ("trunk.onnx", "trunk.pre.onnx", "trunk.int8.onnx"))
+        torch.onnx.export(
+            bundle.network.trunk.eval(), (torch.from_numpy(calibration[:2]),), str(fp32), dynamo=True,
+            external_data=False, opset_version=18, input_names=["features"], output_names=["pooled"],
+            dynamic_shapes={"features": {0: torch.export.Dim("batch")}},
+        )
+        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+        quantize_static(
+            str(prepared), str(int8), Reader(), quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
+            reduce_range=True, calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=["Conv"],
+        )
+        data = int8.read_bytes()
+    import onnxruntime
+
+    section = {
+        "file": INT8_NAME,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "quantised": "Conv layers of the trunk: static QDQ, QUInt8 activations, per-channel QInt8 "
+                     "weights with reduce_range, MinMax calibration",
+        "calibration_windows": len(calibration),
+        "weights_sha256": read_metadata(directory)["weights_sha256"],
+        "onnxruntime": onnxruntime.__version__,
+    }
+    atomic_write(directory / INT8_NAME, data)
+    meta = json.loads((directory / JSON_NAME).read_text())
+    meta["int8"] = section
+    atomic_write(directory / JSON_NAME, (json.dumps(meta, indent=2) + "\n").encode())
+    return section
+
+
+class OnnxTrunk(nn.Module):
+    """Stands in for ``MultiscaleCNN.trunk``: features in, pooled 64-D maps out."""
+
+    def __init__(self, path: Path, threads: int) -> None:
+        super().__init__()
+        ort = _onnxruntime()
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        array = np.ascontiguousarray(features.detach().cpu().numpy(), dtype=np.float32)
+        return torch.from_numpy(self.session.run(None, {"features": array})[0])
+
+
+def with_int8_trunk(bundle: ModelBundle, directory: str | os.PathLike, threads: int | None = None) -> ModelBundle:
+    """The bundle with its trunk replaced by the quantised one; its model id gains
+    ``+int8`` so int8 rows are never mixed with fp32 rows in one output."""
+    directory = Path(directory)
+    meta = read_metadata(directory)
+    section = meta.get("int8")
+    path = directory / INT8_NAME
+    if section is None or not path.is_file():
+        raise BundleError(
+            f"{directory}: has no int8 version; create it with `fieldmon quantize {directory} CLIPS`"
+        )
+    if section.get("weights_sha256") != meta["weights_sha256"]:
+        raise BundleError(f"{path}: was made from other weights than {directory}'s; run fieldmon quantize again")
+    if hashlib.sha256(path.read_bytes()).hexdigest() != section["sha256"]:
+        raise BundleError(f"{path}: does not match the checksum in {JSON_NAME} (truncated, corrupted or modified)")
+    bundle.network.trunk = OnnxTrunk(path, threads or torch.get_num_threads())
+    bundle.model_id += INT8_SUFFIX
+    return bundle

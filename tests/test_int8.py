@@ -1,0 +1,68 @@
+"""--precision int8: the quantised trunk must agree with fp32 and be refused when stale."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import click_train, harmonic_tone, noise, tone, write_wav
+from fieldmon import FeatureExtractor, load_model
+from fieldmon.model.bundle import BundleError
+from fieldmon.model.int8 import INT8_NAME, quantize_bundle
+from fieldmon.outputs.store import StoreError
+from fieldmon.scan.pipeline import RunOptions, ScanSettings, scan
+
+pytest.importorskip("onnxruntime", reason="int8 needs the int8 extra: pip install -e '.[int8]'")
+
+
+def signals(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    makers = [lambda: tone(rng.uniform(500, 8000), 2.0), lambda: harmonic_tone(rng.uniform(200, 2000), 2.0),
+              lambda: click_train(rng.uniform(5, 60), 2.0), lambda: noise(2.0, seed=int(rng.integers(1000)))]
+    return np.stack([makers[i % 4]() + noise(2.0, seed=i, amplitude=0.01) for i in range(n)]).astype(np.float32)
+
+
+@pytest.fixture
+def quantised(tmp_path, tiny_model):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    bundle = load_model(model)
+    features = FeatureExtractor(bundle.feature_settings)(signals(48, seed=1)).numpy()
+    quantize_bundle(model, features)
+    return model
+
+
+def test_int8_embeddings_agree_with_fp32(quantised):
+    fp32, int8 = load_model(quantised), load_model(quantised, "int8")
+    assert int8.model_id == fp32.model_id + "+int8"
+    features = FeatureExtractor(fp32.feature_settings)(signals(32, seed=2))  # not the calibration windows
+    a = fp32.predict(features, fp32.feature_settings)
+    b = int8.predict(features, int8.feature_settings)
+    cosine = torch.nn.functional.cosine_similarity(a.embeddings, b.embeddings, dim=1)
+    assert cosine.min() > 0.98  # full-range int8 weights overflow on AVX2 and give ~0.6
+    assert (a.predicted == b.predicted).float().mean() >= 0.9
+
+
+def test_missing_stale_or_modified_int8_file_is_refused(quantised, tiny_model, tmp_path):
+    with pytest.raises(BundleError, match="fieldmon quantize"):
+        load_model(tiny_model, "int8")
+    data = bytearray((quantised / INT8_NAME).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (quantised / INT8_NAME).write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="checksum"):
+        load_model(quantised, "int8")
+
+
+def test_int8_scan_rows_name_the_int8_model_and_are_not_mixed_with_fp32(quantised, tmp_path):
+    rec = tmp_path / "rec"
+    write_wav(rec / "a.wav", 6.0)
+    out = tmp_path / "det.parquet"
+    summary = scan(rec, out, quantised, ScanSettings(), RunOptions(device="cpu", precision="int8"))
+    assert summary.exit_code == 0 and summary.rows == 3
+    assert set(pd.read_parquet(out).model_id) == {load_model(quantised).model_id + "+int8"}
+    with pytest.raises(StoreError, match="another model"):
+        scan(rec, out, quantised, ScanSettings(), RunOptions(device="cpu"))
