@@ -49,6 +49,8 @@ def main() -> None:
     first = scan(rec, work / "det.parquet", model)
     result["first_scan_s"] = time.perf_counter() - t
     result["first_scan_files_ok"] = first.files_ok
+    result["first_scan_files_failed"] = first.files_failed
+    result["first_scan_failures"] = first.failures[:5]
     t = time.perf_counter()
     again = scan(rec, work / "det.parquet", model)
     result["rerun_s"] = time.perf_counter() - t
