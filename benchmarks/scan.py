@@ -116,13 +116,15 @@ def stage_rates(audio: Path, model: str, device: str, precision: str, sample_win
         cnn = time.perf_counter() - start
     probabilities = torch.cat([p.probabilities for p in predictions]).cpu().numpy()
     scores = torch.cat([p.open_set_scores for p in predictions]).cpu().numpy() if bundle.open_set else None
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with tempfile.TemporaryDirectory() as tmp:  # the first write pays for pyarrow's set-up
+        pq.write_table(pa.table({"x": [1]}), Path(tmp) / "warm.parquet")
     start = time.perf_counter()
     columns = window_rows("bench.wav", RecorderInfo(None, None, "bench", None), windows.starts, windows.partial, probabilities,
                           scores, bundle.open_set.threshold if bundle.open_set else None, bundle.class_names,
                           fs.sample_rate, fs.window_seconds, 3, bundle.model_id)
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     with tempfile.TemporaryDirectory() as tmp:
         pq.write_table(pa.table(columns), Path(tmp) / "part.parquet")
     write = time.perf_counter() - start
