@@ -133,3 +133,35 @@ def test_file_still_being_copied_is_rescanned_once_complete(tmp_path, tiny_model
     want = pd.read_parquet(reference)[columns].sort_values(columns[:2]).reset_index(drop=True)
     pd.testing.assert_frame_equal(got, want)
     assert (got.path == "night.wav").sum() == 6
+
+
+def test_read_only_output_is_a_clear_error_and_stays_intact(tmp_path, tiny_model):
+    import shutil
+    import subprocess
+    import sys
+
+    rec = tmp_path / "rec"
+    write_wav(rec / "a.wav", 2.0)
+    out = tmp_path / "det.parquet"
+    scan(rec, out, tiny_model)
+    def contents():  # everything but the lock file, which holds the holder's pid
+        return {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != "lock"}
+
+    before = contents()
+    write_wav(rec / "b.wav", 2.0, seed=1)
+    for p in [out, *[d for d in out.rglob("*") if d.is_dir()]]:
+        p.chmod(0o555)
+    command = [sys.executable, "-m", "fieldmon", "scan", str(rec), "--out", str(out), "--model", str(tiny_model)]
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without util-linux setpriv, so no folder can be made read-only")
+        command = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *command]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True)
+    finally:
+        for p in [out, *[d for d in out.rglob("*") if d.is_dir()]]:
+            p.chmod(0o755)
+    assert result.returncode == 1, result.stderr
+    assert str(out) in result.stderr and "ermission denied" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert contents() == before
