@@ -120,7 +120,12 @@ def scan(
     device = resolve_device("cpu" if int8 and options.device == "auto" else options.device)
     if int8 and device.type != "cpu":
         raise ValueError("--precision int8 runs on the CPU; use --device cpu (on a GPU, fp32 is the fast path)")
-    bundle = model if isinstance(model, ModelBundle) else load_model(model, options.precision)
+    if isinstance(model, ModelBundle):
+        if int8 and not model.model_id.endswith("+int8"):
+            raise ValueError("precision int8 needs the model by path, or a bundle from load_model(path, 'int8')")
+        bundle = model
+    else:
+        bundle = load_model(model, options.precision)
     if device.type == "cpu" and options.keep_freed_memory:
         keep_freed_memory()
     bundle.to(device).eval()

@@ -14,7 +14,7 @@ import torch
 from fieldmon.evaluation.evaluate import evaluate_windows
 from fieldmon.features import FeatureSettings
 from fieldmon.fileio import atomic_write
-from fieldmon.model.bundle import ModelBundle, load_model
+from fieldmon.model.bundle import ModelBundle, load_model, resolve_model_path
 from fieldmon.model.network import DenseHead, MultiscaleCNN, NetworkSettings
 from fieldmon.model.openset import fit_open_set
 from fieldmon.provenance import provenance
@@ -197,7 +197,6 @@ def quantize(
 ) -> dict:
     """Write the bundle's int8 trunk (``fieldmon quantize``), calibrated on ``windows``
     feature windows drawn from the training split of ``clips_source``."""
-    from fieldmon.model.bundle import resolve_model_path
     from fieldmon.model.int8 import quantize_bundle
 
     directory = resolve_model_path(model)
