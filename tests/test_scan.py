@@ -149,13 +149,18 @@ def test_sigkill_at_random_moments_then_rerun_gives_exactly_the_uninterrupted_ro
     assert not any(p.name.startswith(".") and p.suffix == ".tmp" for p in out.iterdir())
 
 
-@pytest.mark.parametrize("reader", ["pandas", "pyarrow", "duckdb"])
-def test_output_reads_as_one_table(tmp_path, tiny_model, reader):
+def scan_three_files_one_part_each(tmp_path, model):
     rec = tmp_path / "rec"
     for i in range(3):
         write_wav(rec / f"f{i}.wav", 2.0, seed=i)
     out = tmp_path / "det.parquet"
-    scan(rec, out, tiny_model, options=RunOptions(commit_every_files=1))
+    scan(rec, out, model, options=RunOptions(commit_every_files=1))
+    return rec, out
+
+
+@pytest.mark.parametrize("reader", ["pandas", "pyarrow", "duckdb"])
+def test_output_reads_as_one_table(tmp_path, tiny_model, reader):
+    rec, out = scan_three_files_one_part_each(tmp_path, tiny_model)
     assert len(list(out.glob("part-*.parquet"))) == 3
     if reader == "pandas":
         n = len(pd.read_parquet(out))
@@ -185,11 +190,7 @@ def test_recorder_series_day(tmp_path, tiny_model):
 
 
 def test_write_failure_is_a_clear_error_and_keeps_committed_parts(tmp_path, tiny_model, monkeypatch):
-    rec = tmp_path / "rec"
-    for i in range(3):
-        write_wav(rec / f"f{i}.wav", 2.0, seed=i)
-    out = tmp_path / "det.parquet"
-    scan(rec, out, tiny_model, options=RunOptions(commit_every_files=1))
+    rec, out = scan_three_files_one_part_each(tmp_path, tiny_model)
     before = sorted(p.name for p in out.glob("part-*.parquet"))
     write_wav(rec / "new.wav", 2.0, seed=7)
 

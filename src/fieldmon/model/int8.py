@@ -52,7 +52,8 @@ def _onnxruntime():
 def quantize_bundle(directory: str | os.PathLike, calibration: np.ndarray, batch: int = 8) -> dict:
     """Write ``model.int8.onnx`` into the bundle at ``directory`` from ``calibration``
     feature windows ``[N, 3, n_mels, frames]`` and record it in model.json."""
-    _onnxruntime()
+    onnxruntime = _onnxruntime()
+    import onnx
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
     from onnxruntime.quantization import quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -77,8 +78,6 @@ def quantize_bundle(directory: str | os.PathLike, calibration: np.ndarray, batch
             dynamic_shapes={"features": {0: torch.export.Dim("batch")}},
         )
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
-        import onnx
-
         first_conv = next(n.name for n in onnx.load(str(prepared)).graph.node if n.op_type == "Conv")
         quantize_static(
             str(prepared), str(int8), Reader(), quant_format=QuantFormat.QDQ,
@@ -87,8 +86,6 @@ def quantize_bundle(directory: str | os.PathLike, calibration: np.ndarray, batch
             nodes_to_exclude=[first_conv],
         )
         data = int8.read_bytes()
-    import onnxruntime
-
     section = {
         "file": INT8_NAME,
         "sha256": hashlib.sha256(data).hexdigest(),
