@@ -171,9 +171,21 @@ def quantize(model, clips, windows, cache_dir) -> None:
 @click.option("--workers", type=int, default=2, show_default=True, help="Decoding threads.")
 @click.option("--precision", type=click.Choice(["fp32", "int8"]), default="fp32", show_default=True,
               help="int8: faster on CPU with the model's quantised trunk (pip install 'fieldmon[int8]').")
+@click.option("--time-limit", type=float, default=None,
+              help="Stop cleanly after this many seconds (finished files are kept; exit status 130).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="ray: run on a Ray cluster (pip install 'fieldmon[ray]'); see the README.")
+@click.option("--address", default=None, help="Ray cluster to join (e.g. auto or HEAD:6379); default: a private local one.")
+@click.option("--ray-cpus", type=int, default=None, help="CPUs of the private local Ray instance (default: all).")
+@click.option("--ray-temp-dir", default=None, help="Temp dir of the private local Ray instance (default: OUT/_fieldmon/ray when short enough).")
+@click.option("--ray-object-store-gb", type=float, default=1.0, show_default=True,
+              help="Object store cap of the private local Ray instance.")
+@click.option("--ray-actors", type=int, default=None, help="Model actors (default: one per GPU, or from the CPUs).")
+@click.option("--ray-actor-cpus", type=float, default=None, help="CPUs reserved per CPU model actor.")
 @click.option("--quiet", is_flag=True, help="Only the summary.")
 def scan(recordings, out, model, hop, channel, top_k, min_score, embeddings, tz, device, batch_size, workers,
-         precision, quiet) -> None:
+         precision, time_limit, engine, address, ray_cpus, ray_temp_dir, ray_object_store_gb, ray_actors,
+         ray_actor_cpus, quiet) -> None:
     """Scan RECORDINGS (a folder, searched recursively, or one file) into per-window detections.
 
     Rerunning the same command scans only new or changed files. Exit status: 0 all
@@ -183,13 +195,18 @@ def scan(recordings, out, model, hop, channel, top_k, min_score, embeddings, tz,
     from fieldmon.cli.scan import ScanDisplay
     from fieldmon.model.bundle import BundleError
     from fieldmon.outputs.store import StoreError
-    from fieldmon.scan.pipeline import RunOptions, ScanSettings, scan as run_scan
+    from fieldmon.scan.pipeline import RayOptions, RunOptions, ScanSettings, scan as run_scan
 
     settings = ScanSettings(hop_seconds=hop, channel=channel, top_k=top_k, min_score=min_score,
                             embeddings=embeddings, tz=tz)
+    ray = RayOptions(address, ray_cpus, ray_temp_dir, ray_object_store_gb, ray_actors, ray_actor_cpus)
+    if engine != "ray" and ray != RayOptions(object_store_gb=ray_object_store_gb):
+        raise click.UsageError("--address and the --ray-* options need --engine ray")
+    options = RunOptions(device, batch_size, workers, precision=precision, time_limit_s=time_limit, engine=engine,
+                         ray=ray)
     display = ScanDisplay(quiet)
     try:
-        summary = run_scan(recordings, out, model, settings, RunOptions(device, batch_size, workers, precision=precision), display)
+        summary = run_scan(recordings, out, model, settings, options, display)
     except (BundleError, StoreError, ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
     display.finish(summary, str(out))

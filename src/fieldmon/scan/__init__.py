@@ -1,5 +1,5 @@
 """Scanning: recordings in, per-window detections out."""
 
-from fieldmon.scan.pipeline import ScanSettings, ScanSummary, scan
+from fieldmon.scan.pipeline import RayOptions, RunOptions, ScanSettings, ScanSummary, scan
 
-__all__ = ["ScanSettings", "ScanSummary", "scan"]
+__all__ = ["RayOptions", "RunOptions", "ScanSettings", "ScanSummary", "scan"]
