@@ -73,6 +73,19 @@ def test_rerun_skips_finished_files_and_rescans_changed_ones(tmp_path, tiny_mode
     assert sorted(files.path) == ["f0.wav", "f1.wav", "f2.wav", "f3.wav", "new.wav"]
 
 
+def test_time_limit_stops_cleanly_and_the_next_run_continues(tmp_path, tiny_model):
+    rec = tmp_path / "rec"
+    for i in range(3):
+        write_wav(rec / f"f{i}.wav", 4.0, seed=i)
+    out = tmp_path / "det.parquet"
+    stopped = scan(rec, out, tiny_model, options=RunOptions(time_limit_s=0.0))
+    assert stopped.interrupted and stopped.exit_code == 130 and stopped.files_ok < 3
+    rest = scan(rec, out, tiny_model)
+    assert rest.files_ok + rest.files_skipped == 3 and rest.exit_code == 0
+    det, files = read(out)
+    assert len(det) == 6 and sorted(files.path) == ["f0.wav", "f1.wav", "f2.wav"]
+
+
 def test_corrupt_files_are_recorded_and_the_run_continues(tmp_path, tiny_model):
     rec = tmp_path / "rec"
     write_wav(rec / "good1.wav", 2.0)
