@@ -1,7 +1,7 @@
 """Scan throughput, stage by stage, and peak memory.
 
     python benchmarks/scan.py throughput [--hours 1] [--model default|DIR] [--device cpu]
-                                         [--precision fp32,int8] [--birdnet PEER_SCRIPT]
+                                         [--precision fp32,fp32-onnx,int8] [--birdnet PEER_SCRIPT]
     python benchmarks/scan.py memory [--short-min 10] [--long-hours 10] [--model DIR]
 
 throughput: writes a synthetic recording (noise with tones and clicks; 48 kHz as
@@ -144,7 +144,7 @@ def birdnet(peer: str, audio: Path) -> dict:
 
 
 def print_table(result: dict) -> None:
-    precisions = [k for k in ("fp32", "int8") if k in result]
+    precisions = [k for k in ("fp32", "fp32-onnx", "int8") if k in result]
     rows = [("decode", "decode_windows_per_s"), ("resample", "resample_windows_per_s"),
             ("features", "features_windows_per_s"), ("CNN alone", "cnn_windows_per_s"),
             ("write", "write_windows_per_s")]
@@ -170,7 +170,7 @@ def main() -> None:
     parser.add_argument("--short-min", type=float, default=10.0)
     parser.add_argument("--long-hours", type=float, default=10.0)
     parser.add_argument("--sample-rate", type=int, default=48000)
-    parser.add_argument("--precision", default="fp32", help="comma-separated: fp32,int8")
+    parser.add_argument("--precision", default="fp32", help="comma-separated: fp32,fp32-onnx,int8")
     parser.add_argument("--birdnet", default=None, help="path of ../shared/tools/birdnet-peer")
     parser.add_argument("--model", default=None)
     parser.add_argument("--device", default="cpu")

@@ -12,7 +12,7 @@ import torch
 from conftest import click_train, harmonic_tone, noise, tone, write_wav
 from fieldmon import FeatureExtractor, load_model
 from fieldmon.model.bundle import BundleError
-from fieldmon.model.int8 import INT8_NAME, quantize_bundle
+from fieldmon.model.int8 import INT8_NAME, export_trunk, quantize_bundle
 from fieldmon.outputs.store import StoreError
 from fieldmon.scan.pipeline import RunOptions, ScanSettings, scan
 
@@ -66,3 +66,20 @@ def test_int8_scan_rows_name_the_int8_model_and_are_not_mixed_with_fp32(quantise
     assert set(pd.read_parquet(out).model_id) == {load_model(quantised).model_id + "+int8"}
     with pytest.raises(StoreError, match="another model"):
         scan(rec, out, quantised, ScanSettings(), RunOptions(device="cpu"))
+
+
+def test_fp32_onnx_gives_the_numbers_of_fp32_and_reexports_a_tampered_graph(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    fp32, onnx = load_model(tiny_model), load_model(tiny_model, "fp32-onnx")
+    assert onnx.model_id == fp32.model_id  # same numbers, so one scan may continue the other
+    features = FeatureExtractor(fp32.feature_settings)(signals(16, seed=3))
+    a, b = fp32.predict(features, fp32.feature_settings), onnx.predict(features, onnx.feature_settings)
+    torch.testing.assert_close(b.probabilities, a.probabilities, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(b.open_set_scores, a.open_set_scores, atol=1e-5, rtol=1e-4)
+
+    graph = tmp_path / "cache" / "fieldmon" / "onnx" / f"{fp32.model_id}.trunk.fp32.onnx"
+    bundle = load_model(tiny_model)  # a graph of other weights, left under this model's name
+    next(bundle.network.trunk.parameters()).data.mul_(3.0)
+    export_trunk(bundle.network.trunk, torch.rand(2, *features.shape[1:]), graph)
+    with pytest.raises(BundleError, match="delete it"):
+        load_model(tiny_model, "fp32-onnx")

@@ -20,3 +20,9 @@ def atomic_write(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def user_cache_dir() -> Path:
+    """fieldmon's cache (features, exported graphs): $XDG_CACHE_HOME/fieldmon or ~/.cache/fieldmon."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "fieldmon"

@@ -20,6 +20,7 @@ import numpy as np
 
 from fieldmon.audio import WindowBatch
 from fieldmon.model.bundle import ModelBundle, load_model
+from fieldmon.model.int8 import ONNX_PRECISIONS
 from fieldmon.outputs.store import DetectionStore
 from fieldmon.scan.discovery import Recording
 from fieldmon.scan.stages import (
@@ -53,7 +54,7 @@ class RunOptions:
     commit_every_files: int = 200
     commit_every_seconds: float = 60.0
     keep_freed_memory: bool = False
-    precision: str = "fp32"  # "int8": quantised trunk on ONNX Runtime, CPU only
+    precision: str = "fp32"  # "int8", "fp32-onnx": the trunk on ONNX Runtime, CPU only (fieldmon.model.int8)
     time_limit_s: float | None = None  # stop cleanly after this long; finished files are kept
     engine: str = "local"  # or "ray"
     ray: RayOptions = field(default_factory=RayOptions)
@@ -74,12 +75,13 @@ def scan(
         raise ValueError(f"unknown engine {options.engine!r}: use local or ray")
     if options.engine == "ray" and isinstance(model, ModelBundle):
         raise ValueError("the Ray engine loads the model on its workers: pass the model's name or path")
-    int8 = options.precision == "int8"
-    device = resolve_device("cpu" if int8 and options.device == "auto" else options.device)
-    if int8 and device.type != "cpu":
-        raise ValueError("--precision int8 runs on the CPU; use --device cpu (on a GPU, fp32 is the fast path)")
+    on_onnx = options.precision in ONNX_PRECISIONS
+    device = resolve_device("cpu" if on_onnx and options.device == "auto" else options.device)
+    if on_onnx and device.type != "cpu":
+        raise ValueError(f"--precision {options.precision} runs on the CPU; use --device cpu "
+                         "(on a GPU, fp32 is the fast path)")
     if isinstance(model, ModelBundle):
-        if int8 and not model.model_id.endswith("+int8"):
+        if options.precision == "int8" and not model.model_id.endswith("+int8"):
             raise ValueError("precision int8 needs the model by path, or a bundle from load_model(path, 'int8')")
         bundle = model
     else:

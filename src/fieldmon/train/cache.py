@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -18,13 +17,12 @@ import numpy as np
 
 from fieldmon.audio import AudioReadError, cut_windows, load_audio
 from fieldmon.features import FeatureExtractor, FeatureSettings
-from fieldmon.fileio import atomic_write
+from fieldmon.fileio import atomic_write, user_cache_dir
 from fieldmon.train.dataset import Clip, DatasetError
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "fieldmon" / "features"
+    return user_cache_dir() / "features"
 
 
 @dataclass
