@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -106,10 +108,21 @@ def quantize_bundle(directory: str | os.PathLike, calibration: np.ndarray, batch
 
 def export_trunk(trunk: nn.Module, example: torch.Tensor, path: Path) -> None:
     """The fp32 trunk as an ONNX graph with a free batch size."""
-    torch.onnx.export(
-        trunk.eval(), (example,), str(path), dynamo=True, external_data=False, opset_version=18,
-        input_names=["features"], output_names=["pooled"], dynamic_shapes={"features": {0: torch.export.Dim("batch")}},
-    )
+    # The exporter's progress lines, its notes about operators we do not use and torch's
+    # own deprecation warnings would only confuse a user on their first fp32-onnx scan.
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            torch.onnx.export(
+                trunk.eval(), (example,), str(path), dynamo=True, external_data=False, opset_version=18,
+                verbose=False, input_names=["features"], output_names=["pooled"],
+                dynamic_shapes={"features": {0: torch.export.Dim("batch")}},
+            )
+    finally:
+        exporter_log.setLevel(level)
 
 
 class OnnxTrunk(nn.Module):
