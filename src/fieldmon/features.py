@@ -192,9 +192,7 @@ class FeatureExtractor:
         else:
             harm = _torch_median_last_axis(magnitude, k)
             perc = _torch_median_last_axis(magnitude.transpose(1, 2), k).transpose(1, 2)
-        p = self.settings.hpss_power
-        mask_harm = _softmask(harm, perc, p)
-        mask_perc = _softmask(perc, harm, p)
+        mask_harm, mask_perc = _softmasks(harm, perc, self.settings.hpss_power)
         return magnitude * mask_harm, magnitude * mask_perc
 
 
@@ -205,15 +203,17 @@ def compute_features(
     return FeatureExtractor(settings)(windows)
 
 
-def _softmask(x: torch.Tensor, ref: torch.Tensor, power: float) -> torch.Tensor:
-    # librosa.util.softmask with split_zeros=True (margins of 1).
-    z = torch.maximum(x, ref)
-    bad = z < torch.finfo(x.dtype).tiny
+def _softmasks(harm: torch.Tensor, perc: torch.Tensor, power: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """librosa.util.softmask(harm, perc) and softmask(perc, harm) with split_zeros=True
+    (margins of 1), sharing their common terms: the same arithmetic, done once."""
+    z = torch.maximum(harm, perc)
+    bad = z < torch.finfo(harm.dtype).tiny
     z = torch.where(bad, torch.ones_like(z), z)
-    mask = (x / z) ** power
-    ref_mask = (ref / z) ** power
-    mask = mask / (mask + ref_mask)
-    return torch.where(bad, torch.full_like(mask, 0.5), mask)
+    h = (harm / z) ** power
+    p = (perc / z) ** power
+    total = h + p
+    half = torch.full_like(z, 0.5)
+    return torch.where(bad, half, h / total), torch.where(bad, half, p / total)
 
 
 def _to_unit_db(power: torch.Tensor, top_db: float) -> torch.Tensor:
@@ -235,8 +235,8 @@ def _reflect_index(n: int, k: int) -> np.ndarray:
 @numba.njit(parallel=True, cache=True, fastmath=False)
 def _median_last_axis(x: np.ndarray, k: int) -> np.ndarray:
     """Exact running median of odd width k along the last axis of a 3-D array,
-    with 'reflect' edges: a sorted window updated by one removal and one insertion
-    per step, O(k) per sample instead of scipy's O(k log k)."""
+    with 'reflect' edges: a sorted window in which each step replaces the value that
+    leaves by the one that enters, O(k) per sample instead of scipy's O(k log k)."""
     n_batch, n_rows, n = x.shape
     out = np.empty_like(x)
     half = k // 2
@@ -257,15 +257,18 @@ def _median_last_axis(x: np.ndarray, k: int) -> np.ndarray:
         for t in range(1, n):
             old = line[idx[t - 1]]
             new = line[idx[t - 1 + k]]
-            # remove `old`
-            pos = np.searchsorted(window, old)
-            for j in range(pos, k - 1):
-                window[j] = window[j + 1]
-            # insert `new` into the first k-1 sorted values
-            pos = np.searchsorted(window[: k - 1], new)
-            for j in range(k - 1, pos, -1):
-                window[j] = window[j - 1]
-            window[pos] = new
+            # Replace `old` by `new` in place, shifting only the values between the two
+            # positions (about k/3 on average instead of k): the same sorted window.
+            j = np.searchsorted(window, old)
+            if new >= old:
+                while j + 1 < k and window[j + 1] < new:
+                    window[j] = window[j + 1]
+                    j += 1
+            else:
+                while j > 0 and window[j - 1] > new:
+                    window[j] = window[j - 1]
+                    j -= 1
+            window[j] = new
             out[b, r, t] = window[half]
     return out
 
