@@ -16,7 +16,7 @@ power_to_db), which the tests use as the reference:
   at ``-top_db`` and mapped linearly to [0, 1].
 
 The median filters dominate the cost. On CPU they run as an exact sliding
-window median in numba (about 10x faster than scipy); on other devices as
+window median in numba (more than 10x faster than scipy); on other devices as
 torch unfold + median so that everything stays on the device.
 """
 
