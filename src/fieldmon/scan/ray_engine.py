@@ -11,7 +11,6 @@ path on every node (shared storage), and fieldmon must be installed on every nod
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fieldmon.model.bundle import DEFAULT_MODEL
 from fieldmon.outputs.store import META_DIR
 from fieldmon.scan.discovery import Recording
 from fieldmon.scan.stages import DecodedFile, ScanCollector, ScanSettings, WindowPredictions, decode_windows
@@ -54,7 +54,9 @@ def run_on_ray(todo: list[Recording], model: str | Path, settings: ScanSettings,
         placement = plan_placement(ray.cluster_resources(), options)
         fs = collector.bundle.feature_settings
         window, hop = fs.window_samples, round(settings.hop_seconds * fs.sample_rate)
-        items = [{"recording": json.dumps([str(r.path), r.relative, r.size, r.mtime_ns])} for r in todo]
+        items = [{"recording": DecodedFile(r).to_json()} for r in todo]
+        # Ray workers do not share the driver's working directory
+        model_ref = str(model) if str(model) == DEFAULT_MODEL else str(Path(model).resolve())
         dataset = (
             ray.data.from_items(items, override_num_blocks=min(len(items), 1000))
             .map_batches(_decode_files, batch_size=1, batch_format="numpy", num_cpus=_DECODE_CPUS,
@@ -62,7 +64,7 @@ def run_on_ray(todo: list[Recording], model: str | Path, settings: ScanSettings,
             .map_batches(_ModelActor, batch_size=options.batch_size, batch_format="numpy",
                          compute=ray.data.ActorPoolStrategy(size=placement.actors),
                          num_cpus=placement.actor_cpus, num_gpus=placement.actor_gpus,
-                         fn_constructor_kwargs={"model": str(model), "precision": options.precision,
+                         fn_constructor_kwargs={"model": model_ref, "precision": options.precision,
                                                 "device": placement.device, "threads": placement.torch_threads,
                                                 "embeddings": settings.embeddings})
         )
@@ -133,8 +135,8 @@ def _decode_files(batch: dict, sample_rate: int, window: int, hop: int, settings
     """Ray task: windows of each recording, then one closing row per recording."""
     tz = settings.zone()
     for text in batch["recording"]:
-        path, relative, size, mtime_ns = json.loads(text)
-        decoded = DecodedFile(Recording(Path(path), relative, size, mtime_ns))
+        decoded = DecodedFile.from_json(text)
+        relative = decoded.recording.relative
         for windows in decode_windows(decoded, sample_rate, window, hop, settings, tz):
             n = len(windows.starts)
             yield {"path": np.full(n, relative, object), "start": windows.starts, "partial": windows.partial,
