@@ -25,7 +25,7 @@ from fieldmon.outputs.store import DetectionStore
 from fieldmon.scan.discovery import Recording
 from fieldmon.scan.stages import (
     EXIT_ERROR, EXIT_FILES_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, DecodedFile, ScanCollector, ScanProgress,
-    ScanSettings, ScanSummary, WindowPredictor, decode_windows, plan_scan, scan_key, scan_metadata,
+    ScanSettings, ScanSummary, WindowPredictor, decode_windows, past, plan_scan, scan_key, scan_metadata,
 )
 from fieldmon.signals import StopRequest
 from fieldmon.tuning import keep_freed_memory, resolve_device
@@ -107,10 +107,6 @@ def scan(
         collector.commit()
     summary.wall_seconds = time.monotonic() - started
     return summary
-
-
-def past(deadline: float | None) -> bool:
-    return deadline is not None and time.monotonic() >= deadline
 
 
 class _LocalEngine:

@@ -23,7 +23,7 @@ import numpy as np
 from fieldmon.model.bundle import DEFAULT_MODEL
 from fieldmon.outputs.store import META_DIR
 from fieldmon.scan.discovery import Recording
-from fieldmon.scan.stages import DecodedFile, ScanCollector, ScanSettings, WindowPredictions, decode_windows
+from fieldmon.scan.stages import DecodedFile, ScanCollector, ScanSettings, WindowPredictions, decode_windows, past
 from fieldmon.signals import StopRequest
 
 # Ray's sockets live under its temp dir and a Unix socket path may not exceed 107 bytes;
@@ -44,8 +44,6 @@ class Placement:
 
 def run_on_ray(todo: list[Recording], model: str | Path, settings: ScanSettings, options, collector: ScanCollector,
                out: Path, deadline: float | None) -> None:
-    from fieldmon.scan.pipeline import past  # pipeline imports this module lazily
-
     if not todo:
         return
     ray = _import_ray()

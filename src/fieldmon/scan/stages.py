@@ -85,6 +85,11 @@ class ScanProgress:
     def file_done(self, relative: str, ok: bool, audio_seconds: float, size: int, error: str | None) -> None: ...
 
 
+def past(deadline: float | None) -> bool:
+    """Whether a ``time.monotonic()`` deadline (None: none) has passed."""
+    return deadline is not None and time.monotonic() >= deadline
+
+
 def scan_key(model_id: str, settings: ScanSettings) -> str:
     text = json.dumps({"model_id": model_id, **settings.key_fields()}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
