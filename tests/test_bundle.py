@@ -169,3 +169,17 @@ def test_missing_default_model_says_what_to_do(monkeypatch, tmp_path):
     monkeypatch.setattr("fieldmon.model.bundle.resolve_model_path", lambda model: tmp_path / "no-default")
     with pytest.raises(BundleError, match="default model is not installed"):
         load_model("default")
+
+
+def test_saved_files_follow_the_umask_not_owner_only(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        make_bundle().save(tmp_path / "shared")
+    finally:
+        os.umask(old)
+    for path in (tmp_path / "shared").iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path.name  # others on a field server can read the model
+    assert not list((tmp_path / "shared").glob(".*.tmp"))

@@ -47,6 +47,29 @@ def test_int8_embeddings_agree_with_fp32(quantised):
     assert (a.predicted == b.predicted).float().mean() >= 0.9
 
 
+def test_open_set_is_fitted_again_on_int8_embeddings(tiny_model, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    fp32 = load_model(model)
+    extractor = FeatureExtractor(fp32.feature_settings)
+    validation = extractor(signals(24, seed=4))
+    labels = np.arange(24) % 3
+    quantize_bundle(model, extractor(signals(48, seed=1)).numpy(), (validation.numpy(), labels))
+
+    int8 = load_model(model, "int8")
+    embeddings = int8.predict(validation, int8.feature_settings).embeddings
+    for c in range(3):
+        d = torch.linalg.vector_norm(embeddings[labels == c] - int8.open_set.class_means[c], dim=1)
+        assert float(int8.open_set.distance_mean[c]) == pytest.approx(float(d.mean()), rel=1e-5)
+        assert float(int8.open_set.distance_std[c]) == pytest.approx(float(d.std(unbiased=False)), rel=1e-4)
+    # fp32 keeps its own calibration; the class means and the threshold are shared
+    reloaded = load_model(model)
+    assert torch.equal(reloaded.open_set.distance_mean, fp32.open_set.distance_mean)
+    assert not torch.equal(int8.open_set.distance_mean, fp32.open_set.distance_mean)
+    assert torch.equal(int8.open_set.class_means, fp32.open_set.class_means)
+    assert int8.open_set.threshold == fp32.open_set.threshold
+
+
 def test_missing_stale_or_modified_int8_file_is_refused(quantised, tiny_model, tmp_path):
     with pytest.raises(BundleError, match="fieldmon quantize"):
         load_model(tiny_model, "int8")

@@ -193,3 +193,27 @@ def test_epoch_budget_counts_passes_over_the_training_windows(tmp_path):
     assert state.minibatch == 6 and state.step == 6
     with pytest.raises(ValueError, match="exactly one training budget"):
         TrainSettings(steps=5, epochs=1)
+
+
+def test_species_left_with_only_silent_training_clips_is_refused(tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for species in ("a", "b"):
+        for split in ("train", "validation"):
+            path = tmp_path / f"{species}_{split}.wav"
+            silent = species == "b" and split == "train"
+            samples = np.zeros(44100, np.float32) if silent else rng.normal(0, 0.1, 44100).astype(np.float32)
+            sf.write(path, samples, 44100)
+            rows.append({"path": path.name, "label": species, "split": split})
+    with open(tmp_path / "manifest.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["path", "label", "split"])
+        writer.writeheader()
+        writer.writerows(rows)
+    result = CliRunner().invoke(main, ["train", str(tmp_path / "manifest.csv"), "--out", str(tmp_path / "m"),
+                                       "--steps", "1", "--cache", str(tmp_path / "cache")])
+    assert result.exit_code == 1, result.output
+    assert "left out: " in result.output and "b_train.wav: the clip is silent" in result.output
+    assert "species 'b' has no usable clip in the train split" in result.output

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import uuid
 from pathlib import Path
 
 
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` so that ``path`` is either the old or the new file, never half of one."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
+    # os.open with 0o666 lets the umask decide, like any other file the user writes;
+    # tempfile.mkstemp would leave models and outputs readable by their owner only.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)

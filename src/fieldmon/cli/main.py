@@ -136,11 +136,12 @@ def evaluate(model, clips, outliers, split, json_out, cache_dir, precision) -> N
 @main.command()
 @click.argument("model")
 @click.argument("clips", type=click.Path(exists=True, path_type=Path))
-@click.option("--windows", type=int, default=256, show_default=True, help="Calibration windows.")
+@click.option("--windows", type=int, default=1024, show_default=True, help="Calibration windows.")
 @click.option("--cache", "cache_dir", type=click.Path(path_type=Path), default=None)
 def quantize(model, clips, windows, cache_dir) -> None:
     """Add an int8 version of MODEL's convolutions for `--precision int8`, calibrated
-    on windows of the training clips CLIPS (folder or manifest). Needs
+    on windows of the training clips CLIPS (folder or manifest); open-set rejection is
+    calibrated again on int8 embeddings of the validation clips. Needs
     pip install 'fieldmon[int8]'. Measure it with `fieldmon evaluate --precision int8`."""
     from fieldmon.audio import AudioReadError
     from fieldmon.cli.train import fail
@@ -152,7 +153,9 @@ def quantize(model, clips, windows, cache_dir) -> None:
         section = run_quantize(model, clips, windows=windows, cache_dir=cache_dir)
     except (AudioReadError, BundleError, DatasetError, ValueError) as exc:
         fail(exc)
-    click.echo(f"wrote {section['file']} ({section['calibration_windows']} calibration windows)")
+    open_set = section.get("open_set")
+    refit = f"; open set fitted on {open_set['fitted_on_windows']} validation windows" if open_set else ""
+    click.echo(f"wrote {section['file']} ({section['calibration_windows']} calibration windows{refit})")
 
 
 @main.command()

@@ -26,7 +26,7 @@ class TrainDisplay:
         self.first_step_logged = False
 
     def message(self, text: str) -> None:
-        self.console.print(text, markup=False, highlight=False)
+        self.console.print(text, markup=False, highlight=False, soft_wrap=True)
 
     def clips_found(self, clips: ClipSet) -> None:
         table = Table(title=f"{len(clips.clips)} clips of {len(clips.class_names)} species in {clips.source}")
@@ -83,6 +83,8 @@ def print_evaluation(result: dict, json_out: Path | None) -> None:
     for name, row in result["per_class"].items():
         per_class.add_row(name, f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}", str(row["support"]))
     console.print(per_class)
+    for problem in result.get("clips_left_out", []):
+        console.print(f"[yellow]left out[/]: {problem}", highlight=False, soft_wrap=True)
     if json_out is not None:
         json_out.write_text(json.dumps(result, indent=2) + "\n")
         console.print(f"wrote {json_out}")

@@ -101,4 +101,5 @@ def evaluate(
     result = evaluate_windows(bundle, windows.features, windows.labels, windows.clip_index, outlier_features)
     result["model_id"] = bundle.model_id
     result["split"] = split
+    result["clips_left_out"] = windows.left_out
     return result

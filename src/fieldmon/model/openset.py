@@ -22,7 +22,7 @@ for every window so users can re-threshold without rescanning.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -75,6 +75,16 @@ class OpenSetParams:
     def is_known(self, scores: torch.Tensor) -> torch.Tensor:
         return scores >= self.threshold
 
+    def refit(self, embeddings: torch.Tensor, labels: torch.Tensor) -> OpenSetParams:
+        """The distance Gaussians (MLE) fitted again on ``embeddings``, for the classes
+        present there; the others keep theirs."""
+        dist_mean, dist_std = self.distance_mean.clone(), self.distance_std.clone()
+        for c in labels.unique().tolist():
+            d = torch.linalg.vector_norm(embeddings[labels == c] - self.class_means[c], dim=1)
+            dist_mean[c] = d.mean()
+            dist_std[c] = max(float(d.std(unbiased=False)), MIN_STD)
+        return replace(self, distance_mean=dist_mean, distance_std=dist_std)
+
 
 def fit_open_set(
     train_embeddings: torch.Tensor,
@@ -84,19 +94,12 @@ def fit_open_set(
     n_classes: int,
     threshold: float,
 ) -> OpenSetParams:
-    dim = train_embeddings.shape[1]
-    means = torch.zeros(n_classes, dim)
-    dist_mean = torch.zeros(n_classes)
-    dist_std = torch.full((n_classes,), MIN_STD)
+    means = torch.zeros(n_classes, train_embeddings.shape[1])
     for c in range(n_classes):
         train_c = train_embeddings[train_labels == c]
         if len(train_c) == 0:
             raise ValueError(f"class {c} has no training embeddings")
         means[c] = train_c.mean(dim=0)
-        val_c = val_embeddings[val_labels == c]
-        # Without validation windows, the training distances are the only evidence.
-        sample = val_c if len(val_c) else train_c
-        d = torch.linalg.vector_norm(sample - means[c], dim=1)
-        dist_mean[c] = d.mean()
-        dist_std[c] = max(float(d.std(unbiased=False)), MIN_STD)  # MLE variance
-    return OpenSetParams(means, dist_mean, dist_std, threshold)
+    unfitted = OpenSetParams(means, torch.zeros(n_classes), torch.full((n_classes,), MIN_STD), threshold)
+    # Without validation windows, the training distances are the only evidence.
+    return unfitted.refit(train_embeddings, train_labels).refit(val_embeddings, val_labels)

@@ -85,9 +85,12 @@ def train(
     cb.message(f"computing features (cache: {cache.directory})")
     windows = build_window_set(clips.clips, class_names, cache)
     cb.message(f"{len(windows.labels)} windows ({cache.hits} clips from the cache, {cache.misses} computed)")
+    for problem in windows.left_out:
+        cb.message(f"left out: {problem}")
 
     splits = {name: windows.in_split(name) for name in ("train", "validation", "test")}
     train_set, val_set, test_set = splits.values()
+    _check_species_remain(class_names, train_set, val_set)
     module, inputs = _module_and_inputs(settings, splits, len(class_names), base_bundle, network_settings,
                                         torch_device, cb)
     data = TrainingData(inputs["train"], torch.from_numpy(train_set.labels), inputs["validation"],
@@ -129,7 +132,8 @@ def train(
         "converged": state.converged,
         "device": str(torch_device),
         "base_model": base_bundle.model_id if base_bundle else None,
-        "clips": {s: len(clips.in_split(s)) for s in ("train", "validation", "test")},
+        "clips": {name: split.clip_count() for name, split in splits.items()},
+        "clips_left_out": windows.left_out,
         "windows": {"train": len(train_set.labels), "validation": len(val_set.labels), "test": len(test_set.labels)},
     }
     bundle.provenance = provenance(data_manifest_hash=clips.manifest_hash(), clips_source=str(clips_source))
@@ -137,6 +141,17 @@ def train(
     _write_split(out / SPLIT_FILE, clips)
     cb.message(f"wrote model {bundle.model_id} to {out}")
     return bundle
+
+
+def _check_species_remain(class_names: list[str], train_set: WindowSet, val_set: WindowSet) -> None:
+    problems = [
+        f"species {name!r} has no usable clip in the {split_name} split"
+        for split_name, split in (("train", train_set), ("validation", val_set))
+        for i, name in enumerate(class_names)
+        if not np.any(split.labels == i)
+    ]
+    if problems:
+        raise DatasetError(problems)
 
 
 def _module_and_inputs(
@@ -193,10 +208,11 @@ def _write_split(path: Path, clips: ClipSet) -> None:
 
 
 def quantize(
-    model: str | Path, clips_source: str | Path, windows: int = 256, seed: int = 0, cache_dir: str | Path | None = None
+    model: str | Path, clips_source: str | Path, windows: int = 1024, seed: int = 0, cache_dir: str | Path | None = None
 ) -> dict:
     """Write the bundle's int8 trunk (``fieldmon quantize``), calibrated on ``windows``
-    feature windows drawn from the training split of ``clips_source``."""
+    feature windows drawn from the training split of ``clips_source``; the open-set
+    distances are fitted again on int8 embeddings of its validation split."""
     from fieldmon.model.int8 import quantize_bundle
 
     directory = resolve_model_path(model)
@@ -207,4 +223,9 @@ def quantize(
     window_set = build_window_set(chosen, bundle.class_names, cache)
     rng = np.random.default_rng(seed)
     pick = rng.choice(len(window_set.labels), size=min(windows, len(window_set.labels)), replace=False)
-    return quantize_bundle(directory, window_set.features[np.sort(pick)])
+    validation = clips.in_split("validation")
+    open_set_windows = None
+    if validation:
+        val_set = build_window_set(validation, bundle.class_names, cache)
+        open_set_windows = (val_set.features, val_set.labels)
+    return quantize_bundle(directory, window_set.features[np.sort(pick)], open_set_windows)

@@ -3,13 +3,17 @@
 A clip's windows are keyed by the file's content (sha256) and the feature settings
 and hop, so a second run, or a run on a renamed copy, does not recompute them, and a
 change of settings can never reuse stale features.
+
+A clip that gives no windows (silent, undecodable) is left out with its reason, not
+fatal: InsectSet32 itself holds two all-zero clips, and a user's few hundred clips
+should not fail for one bad file. Every clip left out is reported and recorded.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -19,6 +23,9 @@ from fieldmon.audio import AudioReadError, cut_windows, load_audio
 from fieldmon.features import FeatureExtractor, FeatureSettings
 from fieldmon.fileio import atomic_write, user_cache_dir
 from fieldmon.train.dataset import Clip, DatasetError
+
+
+CACHE_VERSION = 2
 
 
 def default_cache_dir() -> Path:
@@ -33,9 +40,13 @@ class WindowSet:
     labels: np.ndarray  # [N] class index
     clip_index: np.ndarray  # [N] index into clips
     clips: list[Clip]
+    left_out: list[str] = field(default_factory=list)  # "path: reason" of clips without windows
 
     def subset(self, mask: np.ndarray) -> WindowSet:
-        return WindowSet(self.features[mask], self.labels[mask], self.clip_index[mask], self.clips)
+        return WindowSet(self.features[mask], self.labels[mask], self.clip_index[mask], self.clips, self.left_out)
+
+    def clip_count(self) -> int:
+        return len(np.unique(self.clip_index))
 
     def in_split(self, split: str) -> WindowSet:
         splits = np.array([c.split for c in self.clips], dtype=object)
@@ -54,7 +65,9 @@ class FeatureCache:
 
     def clip_features(self, path: Path) -> np.ndarray:
         content = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-        key = hashlib.sha256(f"{content}:{self.settings.fingerprint()}:{self.hop}".encode()).hexdigest()[:32]
+        # CACHE_VERSION: entries written before the silence check could hold a silent clip's windows.
+        key_text = f"{CACHE_VERSION}:{content}:{self.settings.fingerprint()}:{self.hop}"
+        key = hashlib.sha256(key_text.encode()).hexdigest()[:32]
         cached = self.directory / key[:2] / f"{key}.npy"
         if cached.is_file():
             try:
@@ -84,8 +97,8 @@ def build_window_set(
     cache: FeatureCache,
     on_clip: Callable[[int], None] | None = None,
 ) -> WindowSet:
-    """Features of every clip; clips that cannot be used (silent, undecodable) are all
-    reported together, before training starts."""
+    """Features of every clip. Clips that cannot be used (silent, undecodable) are left
+    out and listed in ``left_out``; an error only when no clip at all is usable."""
     index = {name: i for i, name in enumerate(class_names)}
     features, labels, clip_index, problems = [], [], [], []
     for i, clip in enumerate(clips):
@@ -99,6 +112,6 @@ def build_window_set(
         clip_index.append(np.full(len(f), i, dtype=np.int64))
         if on_clip:
             on_clip(i)
-    if problems:
-        raise DatasetError(problems)
-    return WindowSet(np.concatenate(features), np.concatenate(labels), np.concatenate(clip_index), clips)
+    if not features:
+        raise DatasetError(problems or ["no clips given"])
+    return WindowSet(np.concatenate(features), np.concatenate(labels), np.concatenate(clip_index), clips, problems)
