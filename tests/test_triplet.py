@@ -70,3 +70,18 @@ def test_sampler_holds_per_class_minimum_and_is_reproducible():
     assert len(bigger.batch(0)) == 40 and (np.bincount(labels[bigger.batch(0)], minlength=6) >= 5).all()
     with pytest.raises(ValueError, match="cannot hold 5 windows"):
         ClassBalancedSampler(labels, per_class=5, batch_size=20, seed=0)
+
+
+def test_sampler_spreads_a_species_over_its_clips():
+    # species 0: 4 clips of 10 windows; species 1: 8 clips of 3; species 2: 1 clip of 2 windows
+    clips = np.concatenate([np.repeat(np.arange(4), 10), np.repeat(np.arange(4, 12), 3), [12, 12]])
+    labels = np.concatenate([np.zeros(40, int), np.ones(24, int), [2, 2]])
+    sampler = ClassBalancedSampler(labels, per_class=5, batch_size=None, seed=1, clips=clips)
+    for i in range(30):
+        batch = sampler.batch(i)
+        assert len(batch) == 15 and (np.bincount(labels[batch]) == 5).all()
+        species0 = np.bincount(clips[batch][labels[batch] == 0], minlength=4)
+        assert sorted(species0) == [1, 1, 1, 2]  # every clip once before any twice
+        assert len(set(clips[batch][labels[batch] == 1])) == 5  # 8 clips: five different ones
+        assert len(set(batch[labels[batch] == 0])) == 5  # a repeated clip gives two different windows
+    assert np.array_equal(sampler.batch(4), ClassBalancedSampler(labels, 5, None, 1, clips=clips).batch(4))

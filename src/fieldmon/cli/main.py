@@ -46,6 +46,9 @@ def info(model: str) -> None:
                    "paper: updates on batches of at most --triplet-batch triplets, as in the paper.")
 @click.option("--triplet-batch", type=int, default=50, show_default=True)
 @click.option("--windows-per-class", type=int, default=5, show_default=True)
+@click.option("--distinct-clips/--any-clips", default=False, show_default=True,
+              help="Draw a species' windows in a mini-batch from different clips, so that positive pairs "
+                   "are different recordings.")
 @click.option("--batch-size", type=int, default=None, help="Mini-batch size (default: windows-per-class x species).")
 @click.option("--hop", type=float, default=2.0, show_default=True, help="Seconds between training windows.")
 @click.option("--lr", type=float, default=1e-3, show_default=True)

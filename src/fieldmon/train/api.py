@@ -94,7 +94,7 @@ def train(
     module, inputs = _module_and_inputs(settings, splits, len(class_names), base_bundle, network_settings,
                                         torch_device, cb)
     data = TrainingData(inputs["train"], torch.from_numpy(train_set.labels), inputs["validation"],
-                        torch.from_numpy(val_set.labels), len(class_names))
+                        torch.from_numpy(val_set.labels), len(class_names), torch.from_numpy(train_set.clip_index))
     loop = TrainingLoop(module, data, settings, torch_device, checkpoint_dir, cb.step, cb.message)
     if resume:
         loop.load_checkpoint()

@@ -43,6 +43,7 @@ class TrainingData:
     val_inputs: torch.Tensor
     val_labels: torch.Tensor
     n_classes: int
+    clips: torch.Tensor | None = None  # the clip each training window was cut from
 
 
 @dataclass
@@ -90,8 +91,9 @@ class TrainingLoop:
         self.on_step = on_step
         self.on_message = on_message
         self.triplet = settings.loss == "triplet"
+        clips = data.clips.numpy() if settings.distinct_clips and data.clips is not None else None
         self.sampler = ClassBalancedSampler(
-            data.labels.numpy(), settings.windows_per_class, settings.batch_size, settings.seed
+            data.labels.numpy(), settings.windows_per_class, settings.batch_size, settings.seed, clips
         )
         params = [p for p in module.parameters() if p.requires_grad]
         if self.triplet:

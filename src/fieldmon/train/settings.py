@@ -19,6 +19,8 @@ class TrainSettings:
     triplet_update: str = "minibatch"
     triplet_batch: int = 50
     windows_per_class: int = 5
+    # Draw a species' windows in a mini-batch from different clips (see ClassBalancedSampler).
+    distinct_clips: bool = False
     batch_size: int | None = None  # None: windows_per_class x species
     margin_start: float = 0.2
     margin_step: float = 0.05
