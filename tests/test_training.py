@@ -120,7 +120,8 @@ def small_manifest(tmp_path: Path, species: int = 3) -> Path:
 
 def test_train_and_evaluate_end_to_end_on_real_clips(tmp_path):
     manifest = small_manifest(tmp_path)
-    settings = TrainSettings(steps=4, windows_per_class=3, eval_every=2)
+    # overlapping training windows; held-out clips are still cut every 2 s, as evaluate cuts them
+    settings = TrainSettings(steps=4, windows_per_class=3, eval_every=2, hop_seconds=1.0)
     cache = tmp_path / "cache"
     bundle = train(manifest, tmp_path / "model", settings, cache_dir=cache, callbacks=QUIET, network_settings=TINY)
     loaded = load_model(tmp_path / "model")
@@ -152,6 +153,7 @@ def test_train_and_evaluate_end_to_end_on_real_clips(tmp_path):
     for key in ("macro_f1", "file_macro_f1", "accuracy", "per_class", "rejection_accuracy", "macro_f1_with_rejection"):
         assert key in metrics
     assert metrics["files"] == 3 and metrics["split"] == "validation"
+    assert metrics["windows"] == loaded.metrics["validation"]["windows"] == loaded.training["windows"]["validation"]
     assert metrics["macro_f1"] == pytest.approx(loaded.metrics["validation"]["macro_f1"])
 
 

@@ -11,7 +11,7 @@ import torch
 from fieldmon.audio import is_audio_file
 from fieldmon.evaluation.metrics import UNKNOWN, classification_report, file_level, rejection_accuracy
 from fieldmon.model.bundle import ModelBundle, load_model
-from fieldmon.train.cache import FeatureCache, build_window_set
+from fieldmon.train.cache import EVALUATION_HOP_SECONDS, FeatureCache, build_window_set
 from fieldmon.train.dataset import DatasetError, load_clips
 
 
@@ -90,7 +90,7 @@ def evaluate(
     chosen = clips.clips if split is None else clips.in_split(split)
     if not chosen:
         raise DatasetError([f"{clips_source}: no clips in split {split!r}"])
-    cache = FeatureCache(Path(cache_dir) if cache_dir else None, bundle.feature_settings, hop_seconds=2.0)
+    cache = FeatureCache(Path(cache_dir) if cache_dir else None, bundle.feature_settings, EVALUATION_HOP_SECONDS)
     windows = build_window_set(chosen, bundle.class_names, cache)
     outlier_features = None
     if outliers is not None:

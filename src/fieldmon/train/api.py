@@ -18,7 +18,7 @@ from fieldmon.model.bundle import ModelBundle, load_model, resolve_model_path
 from fieldmon.model.network import DenseHead, MultiscaleCNN, NetworkSettings
 from fieldmon.model.openset import fit_open_set
 from fieldmon.provenance import provenance
-from fieldmon.train.cache import FeatureCache, WindowSet, build_window_set
+from fieldmon.train.cache import EVALUATION_HOP_SECONDS, FeatureCache, WindowSet, build_window_set
 from fieldmon.train.classifier import train_mlp
 from fieldmon.train.dataset import ClipSet, DatasetError, assign_splits, load_clips
 from fieldmon.train.loop import StepReport, TrainingData, TrainingLoop, as_inputs, read_checkpoint_meta
@@ -81,15 +81,22 @@ def train(
 
     base_bundle = load_model(base) if base is not None else None
     feature_settings = base_bundle.feature_settings if base_bundle else FeatureSettings()
-    cache = FeatureCache(Path(cache_dir) if cache_dir else None, feature_settings, settings.hop_seconds)
-    cb.message(f"computing features (cache: {cache.directory})")
-    windows = build_window_set(clips.clips, class_names, cache)
-    cb.message(f"{len(windows.labels)} windows ({cache.hits} clips from the cache, {cache.misses} computed)")
-    for problem in windows.left_out:
+    cache_dir = Path(cache_dir) if cache_dir else None
+    train_cache = FeatureCache(cache_dir, feature_settings, settings.hop_seconds)
+    held_out_cache = FeatureCache(cache_dir, feature_settings, EVALUATION_HOP_SECONDS)
+    cb.message(f"computing features (cache: {train_cache.directory})")
+    train_set = build_window_set(clips.in_split("train"), class_names, train_cache)
+    held_out = build_window_set([c for c in clips.clips if c.split != "train"], class_names, held_out_cache)
+    hits, misses = train_cache.hits + held_out_cache.hits, train_cache.misses + held_out_cache.misses
+    cb.message(f"{len(train_set.labels)} training windows every {settings.hop_seconds:g} s, "
+               f"{len(held_out.labels)} held-out windows every {EVALUATION_HOP_SECONDS:g} s "
+               f"({hits} clips from the cache, {misses} computed)")
+    left_out = train_set.left_out + held_out.left_out
+    for problem in left_out:
         cb.message(f"left out: {problem}")
 
-    splits = {name: windows.in_split(name) for name in ("train", "validation", "test")}
-    train_set, val_set, test_set = splits.values()
+    splits = {"train": train_set, "validation": held_out.in_split("validation"), "test": held_out.in_split("test")}
+    _, val_set, test_set = splits.values()
     _check_species_remain(class_names, train_set, val_set)
     module, inputs = _module_and_inputs(settings, splits, len(class_names), base_bundle, network_settings,
                                         torch_device, cb)
@@ -133,7 +140,7 @@ def train(
         "device": str(torch_device),
         "base_model": base_bundle.model_id if base_bundle else None,
         "clips": {name: split.clip_count() for name, split in splits.items()},
-        "clips_left_out": windows.left_out,
+        "clips_left_out": left_out,
         "windows": {"train": len(train_set.labels), "validation": len(val_set.labels), "test": len(test_set.labels)},
     }
     bundle.provenance = provenance(data_manifest_hash=clips.manifest_hash(), clips_source=str(clips_source))
@@ -219,7 +226,7 @@ def quantize(
     bundle = load_model(directory)
     clips = assign_splits(load_clips(clips_source, known_labels=bundle.class_names), seed)
     chosen = clips.in_split("train") or clips.clips
-    cache = FeatureCache(Path(cache_dir) if cache_dir else None, bundle.feature_settings, hop_seconds=2.0)
+    cache = FeatureCache(Path(cache_dir) if cache_dir else None, bundle.feature_settings, EVALUATION_HOP_SECONDS)
     window_set = build_window_set(chosen, bundle.class_names, cache)
     rng = np.random.default_rng(seed)
     pick = rng.choice(len(window_set.labels), size=min(windows, len(window_set.labels)), replace=False)

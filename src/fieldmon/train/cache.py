@@ -26,6 +26,9 @@ from fieldmon.train.dataset import Clip, DatasetError
 
 
 CACHE_VERSION = 2
+# Held-out clips (validation, test, `fieldmon evaluate`) are cut into non-overlapping
+# windows, as a scan cuts recordings by default, whatever hop training uses.
+EVALUATION_HOP_SECONDS = 2.0
 
 
 def default_cache_dir() -> Path:
