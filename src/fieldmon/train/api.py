@@ -96,7 +96,7 @@ def train(
         cb.message(f"left out: {problem}")
 
     splits = {"train": train_set, "validation": held_out.in_split("validation"), "test": held_out.in_split("test")}
-    _, val_set, test_set = splits.values()
+    val_set, test_set = splits["validation"], splits["test"]
     _check_species_remain(class_names, train_set, val_set)
     module, inputs = _module_and_inputs(settings, splits, len(class_names), base_bundle, network_settings,
                                         torch_device, cb)

@@ -91,7 +91,9 @@ class TrainingLoop:
         self.on_step = on_step
         self.on_message = on_message
         self.triplet = settings.loss == "triplet"
-        clips = data.clips.numpy() if settings.distinct_clips and data.clips is not None else None
+        if settings.distinct_clips and data.clips is None:
+            raise ValueError("distinct_clips needs the clip of every training window (TrainingData.clips)")
+        clips = data.clips.numpy() if settings.distinct_clips else None
         self.sampler = ClassBalancedSampler(
             data.labels.numpy(), settings.windows_per_class, settings.batch_size, settings.seed, clips
         )
