@@ -74,6 +74,18 @@ def test_training_changes_weights_and_finds_triplets(tmp_path):
     assert any(not torch.equal(before[k], v) for k, v in loop.module.state_dict().items())
 
 
+def test_weight_change_is_the_relative_distance_from_initialisation(tmp_path):
+    moved = {}
+    for lr in (1e-3, 1e-1):
+        loop = make_loop(tmp_path / str(lr), TrainSettings(steps=3, windows_per_class=3, eval_every=3, learning_rate=lr))
+        assert loop.weight_change(loop.module.state_dict()) == 0.0
+        assert loop.weight_change({k: 2 * v for k, v in loop.initial_weights.items()}) == pytest.approx(1.0)
+        loop.run()
+        moved[lr] = loop.weight_change(loop.module.state_dict())
+        assert loop.state.history[-1]["weight_change"] == pytest.approx(moved[lr])
+    assert 0.0 < moved[1e-3] < moved[1e-1]
+
+
 def test_first_adagrad_update_follows_the_gradient_not_its_sign(tmp_path):
     # Keras/TensorFlow's Adagrad starts its sum of squares at 0.1; with torch's 0 the
     # first update is +-lr on every weight, however small its gradient.
@@ -139,6 +151,9 @@ def test_train_and_evaluate_end_to_end_on_real_clips(tmp_path):
     train(manifest, tmp_path / "model2", settings, cache_dir=cache, network_settings=TINY,
           callbacks=TrainCallbacks(message=messages.append))
     assert any("9 clips from the cache, 0 computed" in m for m in messages)
+    # four steps at the paper's lr leave the network at its random start, and fieldmon says so
+    assert 0.0 < loaded.training["weight_change"] < 0.01
+    assert any("barely left its random start" in m for m in messages)
 
     runner = CliRunner()
     out_json = tmp_path / "eval.json"

@@ -5,6 +5,7 @@ from pathlib import Path
 import click
 
 from fieldmon import __version__
+from fieldmon.model.bundle import PRECISIONS
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -117,9 +118,9 @@ def train(clips, out, base, steps, epochs, device, seed, resume, cache_dir, quie
               help="Only the clips of this split of a manifest, e.g. MODEL/split.csv saved by fieldmon train.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the metrics as JSON.")
 @click.option("--cache", "cache_dir", type=click.Path(path_type=Path), default=None)
-@click.option("--precision", type=click.Choice(["fp32", "fp32-onnx", "int8"]), default="fp32", show_default=True,
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
               help="fp32-onnx: the same numbers on ONNX Runtime. int8: the model's quantised trunk "
-                   "(see fieldmon quantize).")
+                   "(see fieldmon quantize). bf16, fp16: the trunk under torch.autocast (scans use them on GPUs).")
 def evaluate(model, clips, outliers, split, json_out, cache_dir, precision) -> None:
     """Macro-F1 per window and per file, accuracy, per-species scores and the confusion
     matrix of MODEL on labelled CLIPS (folder or manifest)."""
@@ -176,9 +177,10 @@ def quantize(model, clips, windows, cache_dir) -> None:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--workers", type=int, default=2, show_default=True, help="Decoding threads.")
-@click.option("--precision", type=click.Choice(["fp32", "fp32-onnx", "int8"]), default="fp32", show_default=True,
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
               help="On CPU, with pip install 'fieldmon[int8]': fp32-onnx gives the same numbers about 2x "
-                   "faster; int8 is faster still, with the model's quantised trunk.")
+                   "faster; int8 is faster still, with the model's quantised trunk. On a GPU: bf16 or fp16 "
+                   "(torch.autocast, channels_last).")
 @click.option("--time-limit", type=float, default=None,
               help="Stop cleanly after this many seconds (finished files are kept; exit status 130).")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,

@@ -242,6 +242,9 @@ def read_metadata(directory: Path) -> dict:
     return meta
 
 
+PRECISIONS = ("fp32", "fp32-onnx", "int8", "bf16", "fp16")
+
+
 def resolve_model_path(model: str | os.PathLike) -> Path:
     """A path, or "default" for the model shipped inside the package."""
     if str(model) == DEFAULT_MODEL and not Path(model).exists():
@@ -252,7 +255,8 @@ def resolve_model_path(model: str | os.PathLike) -> Path:
 def load_model(model: str | os.PathLike = DEFAULT_MODEL, precision: str = "fp32") -> ModelBundle:
     """``precision="int8"``: the bundle's quantised trunk on ONNX Runtime; ``"fp32-onnx"``:
     its fp32 trunk on ONNX Runtime, same numbers, faster on CPU (both CPU only; see
-    fieldmon.model.int8)."""
+    fieldmon.model.int8). ``"bf16"``, ``"fp16"``: the trunk under torch.autocast, for GPUs
+    (fieldmon.model.autocast)."""
     path = resolve_model_path(model)
     if str(model) == DEFAULT_MODEL and not path.exists():
         raise BundleError(
@@ -267,8 +271,12 @@ def load_model(model: str | os.PathLike = DEFAULT_MODEL, precision: str = "fp32"
         from fieldmon.model.int8 import with_onnx_fp32_trunk
 
         return with_onnx_fp32_trunk(bundle, user_cache_dir() / "onnx")
+    if precision in ("bf16", "fp16"):
+        from fieldmon.model.autocast import with_autocast_trunk
+
+        return with_autocast_trunk(bundle, precision)
     if precision != "int8":
-        raise ValueError(f"precision must be fp32, fp32-onnx or int8, not {precision!r}")
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     from fieldmon.model.int8 import with_int8_trunk
 
     return with_int8_trunk(bundle, path)

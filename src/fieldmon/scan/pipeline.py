@@ -20,6 +20,7 @@ import numpy as np
 
 from fieldmon.audio import WindowBatch
 from fieldmon.model.bundle import ModelBundle, load_model
+from fieldmon.model.autocast import AUTOCAST_PRECISIONS
 from fieldmon.model.int8 import ONNX_PRECISIONS
 from fieldmon.outputs.store import DetectionStore
 from fieldmon.scan.discovery import Recording
@@ -79,7 +80,10 @@ def scan(
     device = resolve_device("cpu" if on_onnx and options.device == "auto" else options.device)
     if on_onnx and device.type != "cpu":
         raise ValueError(f"--precision {options.precision} runs on the CPU; use --device cpu "
-                         "(on a GPU, fp32 is the fast path)")
+                         "(on a GPU, use fp32, bf16 or fp16)")
+    if options.precision in AUTOCAST_PRECISIONS and device.type != "cuda" and options.engine == "local":
+        raise ValueError(f"--precision {options.precision} is for GPUs, and this scan runs on the CPU; "
+                         "there, use fp32-onnx or int8")
     if isinstance(model, ModelBundle):
         if options.precision == "int8" and not model.model_id.endswith("+int8"):
             raise ValueError("precision int8 needs the model by path, or a bundle from load_model(path, 'int8')")

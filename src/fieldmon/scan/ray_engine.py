@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fieldmon.model.autocast import AUTOCAST_PRECISIONS
 from fieldmon.model.bundle import DEFAULT_MODEL
 from fieldmon.outputs.store import META_DIR
 from fieldmon.scan.discovery import Recording
@@ -116,8 +117,10 @@ def plan_placement(resources: dict, options) -> Placement:
     every CPU starves the decode tasks and the job hangs without an error."""
     cpus, gpus = float(resources.get("CPU", 0)), int(resources.get("GPU", 0))
     ray_options = options.ray
-    if gpus and options.device != "cpu" and options.precision == "fp32":
+    if gpus and options.device != "cpu" and options.precision in ("fp32", *AUTOCAST_PRECISIONS):
         return Placement(ray_options.actors or gpus, ray_options.actor_cpus or 1.0, 1, 1, "cuda")
+    if options.precision in AUTOCAST_PRECISIONS:
+        raise ValueError(f"--precision {options.precision} runs on GPUs: the Ray cluster has none, or --device cpu was given")
     if options.device not in ("auto", "cpu"):
         raise ValueError(f"--device {options.device} asked for, but the Ray cluster has no GPUs")
     actor_cpus = ray_options.actor_cpus or (max(0.5, cpus - 0.5) if cpus <= 4 else 4.0)

@@ -110,6 +110,9 @@ class TrainingLoop:
             margin=DynamicMargin(s.margin_start, s.margin_step, s.margin_max, s.margin_threshold, s.margin_patience)
         )
         self.best_weights = copy.deepcopy(module.state_dict())
+        # The module arrives freshly initialised (seeded), also when resuming: the
+        # checkpoint is loaded afterwards.
+        self.initial_weights = copy.deepcopy(module.state_dict())
         self.total_minibatches = None if s.epochs is None else s.epochs * self.sampler.batches_per_epoch()
 
     # -- the loop ------------------------------------------------------------
@@ -246,13 +249,25 @@ class TrainingLoop:
     def select(self) -> None:
         st = self.state
         metric = self.validation_macro_f1()
-        st.history.append({"step": st.step, "val_macro_f1": metric, "margin": st.margin.value})
+        moved = self.weight_change(self.module.state_dict())
+        st.history.append({"step": st.step, "val_macro_f1": metric, "margin": st.margin.value, "weight_change": moved})
         if metric > st.best_metric:
             st.best_metric, st.best_step = metric, st.step
             self.best_weights = copy.deepcopy(self.module.state_dict())
         self.on_message(
-            f"step {st.step}: validation macro-F1 {metric:.3f} (best {st.best_metric:.3f} at step {st.best_step})"
+            f"step {st.step}: validation macro-F1 {metric:.3f} (best {st.best_metric:.3f} at step {st.best_step}); "
+            f"weights {moved:.2%} from their initialisation"
         )
+
+    def weight_change(self, weights: dict[str, torch.Tensor]) -> float:
+        """How far ``weights`` lie from the initialisation: ||w - w0|| / ||w0|| over all
+        weights and biases. Near zero means the network is still its random start."""
+        moved = total = 0.0
+        for name, start in self.initial_weights.items():
+            if start.is_floating_point():
+                moved += float((weights[name].to(start.device) - start).pow(2).sum())
+                total += float(start.pow(2).sum())
+        return (moved / total) ** 0.5 if total else 0.0
 
     # -- checkpoints -----------------------------------------------------------
 
