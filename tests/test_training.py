@@ -175,23 +175,29 @@ def test_train_and_evaluate_end_to_end_on_real_clips(tmp_path):
 def test_cli_base_training_and_resume_refusal(tmp_path):
     manifest = small_manifest(tmp_path)
     cache = str(tmp_path / "cache")
-    train(manifest, tmp_path / "base", TrainSettings(steps=2, windows_per_class=3, eval_every=2), cache_dir=cache,
-          callbacks=QUIET, network_settings=TINY)
+    train(manifest, tmp_path / "base", TrainSettings(steps=2, windows_per_class=3, eval_every=2, dropout=0.25),
+          cache_dir=cache, callbacks=QUIET, network_settings=TINY)
     runner = CliRunner()
     args = ["train", str(manifest), "--out", str(tmp_path / "site"), "--base", str(tmp_path / "base"),
-            "--steps", "20", "--windows-per-class", "3", "--eval-every", "10", "--cache", cache]
+            "--steps", "20", "--windows-per-class", "3", "--eval-every", "10", "--cache", cache, "--dropout", "0"]
     result = runner.invoke(main, args)
     assert result.exit_code == 0, result.output
     site = load_model(tmp_path / "site")
     base = load_model(tmp_path / "base")
     assert site.training["base_model"] == base.model_id
+    # the dropout variant is what the network was trained with, and what it records
+    assert base.network.settings.dropout == 0.25 and TINY.dropout == 0.5
+    assert site.network.settings.dropout == 0.0 and site.training["settings"]["dropout"] == 0.0
     for name, value in base.network.trunk.state_dict().items():
         assert torch.equal(value, site.network.trunk.state_dict()[name])
     again = runner.invoke(main, args)
     assert again.exit_code == 1 and "--resume" in again.output
     resumed = runner.invoke(main, args[:6] + ["--steps", "30", "--resume", "--cache", cache])
     assert resumed.exit_code == 0, resumed.output
-    assert load_model(tmp_path / "site").training["steps_done"] == 30
+    site = load_model(tmp_path / "site")
+    assert site.training["steps_done"] == 30 and site.network.settings.dropout == 0.0
+    with pytest.raises(ValueError, match="dropout"):
+        TrainSettings(steps=1, dropout=1.0)
 
 
 def test_cli_requires_a_budget_and_reports_bad_clips(tmp_path):

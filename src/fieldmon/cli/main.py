@@ -54,6 +54,8 @@ def info(model: str) -> None:
 @click.option("--hop", type=float, default=2.0, show_default=True, help="Seconds between training windows.")
 @click.option("--lr", type=float, default=1e-3, show_default=True)
 @click.option("--weight-decay", type=float, default=1e-4, show_default=True)
+@click.option("--dropout", type=float, default=None,
+              help="Dropout before each dense layer while training (default: the network's, the paper's 0.5).")
 @click.option("--adagrad-initial-accumulator", type=float, default=0.1, show_default=True,
               help="Adagrad's starting sum of squares (Keras/TensorFlow's default; 0 is torch's).")
 @click.option("--margin-start", type=float, default=0.2, show_default=True)

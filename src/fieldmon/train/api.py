@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -122,7 +122,7 @@ def train(
         cb.message(f"warning: the network has barely left its random start (under {BARELY_TRAINED:.0%}); "
                    "the paper trained 150,000 updates, on a GPU (README, 'Training budget')")
 
-    network = _full_network(module, base_bundle)
+    network = _full_network(module, base_bundle, settings)
     classifier, open_set, mlp_info = None, None, {}
     if settings.loss == "triplet":
         cb.message("training the MLP classifier and calibrating open-set rejection")
@@ -186,20 +186,24 @@ def _module_and_inputs(
     if base is None:
         inputs = {name: as_inputs(split.features) for name, split in splits.items()}
         n_outputs = n_classes if settings.loss == "crossentropy" else None
-        return MultiscaleCNN(network_settings or NetworkSettings(), n_classes=n_outputs), inputs
+        return MultiscaleCNN(_with_dropout(network_settings or NetworkSettings(), settings), n_classes=n_outputs), inputs
     if settings.loss != "triplet":
         raise ValueError("--base trains the embedding head with the triplet loss; --loss crossentropy does not apply")
     trunk = base.network.trunk.to(device).eval()
     cb.message(f"computing trunk outputs of base model {base.model_id}")
     inputs = {name: _trunk_outputs(trunk, split.features, device) for name, split in splits.items()}
-    net = base.network.settings
+    net = _with_dropout(base.network.settings, settings)
     return DenseHead(net, net.embedding_dim, normalize=True), inputs
 
 
-def _full_network(module: torch.nn.Module, base: ModelBundle | None) -> MultiscaleCNN:
+def _with_dropout(network: NetworkSettings, settings: TrainSettings) -> NetworkSettings:
+    return network if settings.dropout is None else replace(network, dropout=settings.dropout)
+
+
+def _full_network(module: torch.nn.Module, base: ModelBundle | None, settings: TrainSettings) -> MultiscaleCNN:
     if base is None:
         return module
-    network = MultiscaleCNN(base.network.settings)
+    network = MultiscaleCNN(_with_dropout(base.network.settings, settings))
     network.trunk.load_state_dict(base.network.trunk.state_dict())
     network.head.load_state_dict(module.state_dict())
     return network

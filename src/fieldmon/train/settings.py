@@ -43,6 +43,9 @@ class TrainSettings:
     checkpoint_every: int = 10
     seed: int = 0
     hop_seconds: float = 2.0
+    # Dropout before each dense layer while training; None keeps the network's own (the
+    # paper's 0.5). A named variant: see README, "Training budget".
+    dropout: float | None = None
     mlp_learning_rate: float = 1e-3
     mlp_weight_decay: float = 1e-4
     mlp_max_epochs: int = 2000
@@ -56,6 +59,8 @@ class TrainSettings:
             raise ValueError(f"triplet_update must be one of {', '.join(TRIPLET_UPDATES)}")
         if (self.steps is None) == (self.epochs is None):
             raise ValueError("give exactly one training budget: steps or epochs")
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), not {self.dropout}")
         if self.windows_per_class < 2:
             raise ValueError("windows_per_class must be at least 2 so that every species has a positive pair")
 
