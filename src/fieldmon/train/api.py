@@ -186,7 +186,8 @@ def _module_and_inputs(
     if base is None:
         inputs = {name: as_inputs(split.features) for name, split in splits.items()}
         n_outputs = n_classes if settings.loss == "crossentropy" else None
-        return MultiscaleCNN(_with_dropout(network_settings or NetworkSettings(), settings), n_classes=n_outputs), inputs
+        network = _with_dropout(network_settings or NetworkSettings(), settings)
+        return MultiscaleCNN(network, n_classes=n_outputs), inputs
     if settings.loss != "triplet":
         raise ValueError("--base trains the embedding head with the triplet loss; --loss crossentropy does not apply")
     trunk = base.network.trunk.to(device).eval()
