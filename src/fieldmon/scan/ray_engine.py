@@ -120,7 +120,8 @@ def plan_placement(resources: dict, options) -> Placement:
     if gpus and options.device != "cpu" and options.precision in ("fp32", *AUTOCAST_PRECISIONS):
         return Placement(ray_options.actors or gpus, ray_options.actor_cpus or 1.0, 1, 1, "cuda")
     if options.precision in AUTOCAST_PRECISIONS:
-        raise ValueError(f"--precision {options.precision} runs on GPUs: the Ray cluster has none, or --device cpu was given")
+        raise ValueError(f"--precision {options.precision} runs on GPUs: the Ray cluster has none, "
+                         "or --device cpu was given")
     if options.device not in ("auto", "cpu"):
         raise ValueError(f"--device {options.device} asked for, but the Ray cluster has no GPUs")
     actor_cpus = ray_options.actor_cpus or (max(0.5, cpus - 0.5) if cpus <= 4 else 4.0)
