@@ -271,15 +271,15 @@ def load_model(model: str | os.PathLike = DEFAULT_MODEL, precision: str = "fp32"
         from fieldmon.model.int8 import with_onnx_fp32_trunk
 
         return with_onnx_fp32_trunk(bundle, user_cache_dir() / "onnx")
-    if precision in ("bf16", "fp16"):
-        from fieldmon.model.autocast import with_autocast_trunk
+    if precision == "int8":
+        from fieldmon.model.int8 import with_int8_trunk
 
-        return with_autocast_trunk(bundle, precision)
-    if precision != "int8":
+        return with_int8_trunk(bundle, path)
+    from fieldmon.model.autocast import AUTOCAST_PRECISIONS, with_autocast_trunk
+
+    if precision not in AUTOCAST_PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-    from fieldmon.model.int8 import with_int8_trunk
-
-    return with_int8_trunk(bundle, path)
+    return with_autocast_trunk(bundle, precision)
 
 
 def _section(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
