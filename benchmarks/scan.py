@@ -1,7 +1,8 @@
 """Scan throughput, stage by stage, and peak memory.
 
-    python benchmarks/scan.py throughput [--hours 1] [--model default|DIR] [--device cpu]
-                                         [--precision fp32,fp32-onnx,int8] [--birdnet PEER_SCRIPT]
+    python benchmarks/scan.py throughput [--hours 1] [--model default|DIR] [--device cpu|cuda]
+                                         [--precision fp32,fp32-onnx,int8,bf16,fp16] [--birdnet PEER_SCRIPT]
+                                         [--batch-size 64] [--workers 2] [--stage-windows 256]
     python benchmarks/scan.py memory [--short-min 10] [--long-hours 10] [--model DIR]
 
 throughput: writes a synthetic recording (noise with tones and clicks; 48 kHz as
@@ -9,7 +10,8 @@ AudioMoths record, so the scan resamples to the model's 44.1 kHz) and reports, i
 run and for each precision: decode, resample, features, CNN (network + MLP +
 open set, on precomputed features) and write throughput separately in windows/s,
 the end-to-end scan (windows/s, multiple of real time, hours of audio per minute) and
-its ratio to the CNN alone. With --birdnet, the peer BirdNET is timed on the same
+its ratio to the CNN alone, also as hours of audio per second (the GPU target). On a GPU,
+raise --batch-size, --workers and --stage-windows (benchmarks/gpu.sh). With --birdnet, the peer BirdNET is timed on the same
 file right after (../shared/tools/birdnet-peer) and the ratios are reported.
 memory: scans a short and a long synthetic file, each in its own process, and reports
 their peak resident memory; streaming decode keeps the two close. A small network is
@@ -30,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+
+from fieldmon.model.bundle import PRECISIONS
 
 
 def synthetic_recording(path: Path, seconds: float, sr: int, block_seconds: float = 60.0) -> Path:
@@ -58,11 +62,13 @@ def tiny_model(folder: Path) -> Path:
     return bundle.save(folder / "small-model")
 
 
-def run_scan(audio: Path, model: str, device: str, out: Path, precision: str = "fp32") -> dict:
+def run_scan(audio: Path, model: str, device: str, out: Path, precision: str = "fp32", batch_size: int = 64,
+             workers: int = 2) -> dict:
     from fieldmon.scan.pipeline import RunOptions, scan
 
+    options = RunOptions(device=device, precision=precision, batch_size=batch_size, workers=workers)
     start = time.perf_counter()
-    summary = scan(audio, out, model, options=RunOptions(device=device, precision=precision))
+    summary = scan(audio, out, model, options=options)
     wall = time.perf_counter() - start
     return {
         "audio_hours": summary.audio_seconds / 3600,
@@ -71,6 +77,7 @@ def run_scan(audio: Path, model: str, device: str, out: Path, precision: str = "
         "windows_per_s": summary.windows / wall,
         "x_real_time": summary.audio_seconds / wall,
         "audio_hours_per_minute": summary.audio_seconds / 3600 / (wall / 60),
+        "audio_hours_per_second": summary.audio_seconds / 3600 / wall,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
@@ -79,7 +86,8 @@ def rate(windows: int, seconds: float) -> float:
     return windows / seconds
 
 
-def stage_rates(audio: Path, model: str, device: str, precision: str, sample_windows: int = 256) -> dict:
+def stage_rates(audio: Path, model: str, device: str, precision: str, sample_windows: int = 256,
+                batch_size: int = 64) -> dict:
     """Each stage alone, in windows/s of the model's 2 s windows."""
     import soxr
     import torch
@@ -105,14 +113,19 @@ def stage_rates(audio: Path, model: str, device: str, precision: str, sample_win
     sample_windows = len(windows.starts)
     del blocks, resampled
     extractor = FeatureExtractor(fs, torch.device(device))
-    extractor(windows.samples[:16])  # compile and warm up
+    batches = range(0, sample_windows, batch_size)
+    extractor(windows.samples[:batch_size])  # compile and warm up
+    _wait_for(device)
     start = time.perf_counter()
-    features = torch.cat([extractor(windows.samples[i : i + 64]) for i in range(0, sample_windows, 64)])
+    features = torch.cat([extractor(windows.samples[i : i + batch_size]) for i in batches])
+    _wait_for(device)
     feature_s = time.perf_counter() - start
     with torch.inference_mode():
-        bundle.predict(features[:16], fs)
+        bundle.predict(features[:batch_size], fs)
+        _wait_for(device)
         start = time.perf_counter()
-        predictions = [bundle.predict(features[i : i + 64], fs) for i in range(0, sample_windows, 64)]
+        predictions = [bundle.predict(features[i : i + batch_size], fs) for i in batches]
+        _wait_for(device)
         cnn = time.perf_counter() - start
     probabilities = torch.cat([p.probabilities for p in predictions]).cpu().numpy()
     scores = torch.cat([p.open_set_scores for p in predictions]).cpu().numpy() if bundle.open_set else None
@@ -133,8 +146,25 @@ def stage_rates(audio: Path, model: str, device: str, precision: str, sample_win
         "resample_windows_per_s": rate(total_windows, resample),
         "features_windows_per_s": rate(sample_windows, feature_s),
         "cnn_windows_per_s": rate(sample_windows, cnn),
+        "cnn_audio_hours_per_second": rate(sample_windows, cnn) * fs.window_seconds / 3600,
         "write_windows_per_s": rate(sample_windows, write),
     }
+
+
+def _wait_for(device: str) -> None:
+    """CUDA runs asynchronously: a timer must wait for the work it measures."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _device_name(device: str) -> str:
+    import torch
+
+    if torch.device(device).type == "cuda":
+        return f"{device}: {torch.cuda.get_device_name(torch.device(device))}"
+    return device
 
 
 def birdnet(peer: str, audio: Path) -> dict:
@@ -144,19 +174,20 @@ def birdnet(peer: str, audio: Path) -> dict:
 
 
 def print_table(result: dict) -> None:
-    precisions = [k for k in ("fp32", "fp32-onnx", "int8") if k in result]
+    precisions = [k for k in PRECISIONS if k in result]
     rows = [("decode", "decode_windows_per_s"), ("resample", "resample_windows_per_s"),
             ("features", "features_windows_per_s"), ("CNN alone", "cnn_windows_per_s"),
-            ("write", "write_windows_per_s")]
+            ("write", "write_windows_per_s"), ("CNN alone, h of audio/s", "cnn_audio_hours_per_second")]
     print(f"{'windows/s':<24}" + "".join(f"{p:>12}" for p in precisions))
     for name, key in rows:
-        print(f"{name:<24}" + "".join(f"{result[p][key]:>12.1f}" for p in precisions))
+        print(f"{name:<24}" + "".join(f"{result[p][key]:>12.{3 if 'hours' in key else 1}f}" for p in precisions))
     scans = [result[p]["scan"] for p in precisions]
     for name, key in (("end to end", "windows_per_s"), ("end to end / CNN alone", "end_to_end_over_cnn"),
                       ("x real time", "x_real_time"), ("h of audio per minute", "audio_hours_per_minute"),
+                      ("h of audio per second", "audio_hours_per_second"),
                       ("peak RSS (MB)", "peak_rss_mb"), ("speed / BirdNET", "speed_over_birdnet")):
         if all(key in s for s in scans):
-            print(f"{name:<24}" + "".join(f"{s[key]:>12.2f}" for s in scans))
+            print(f"{name:<24}" + "".join(f"{s[key]:>12.{3 if 'second' in key else 2}f}" for s in scans))
     if "birdnet" in result:
         peer = result["birdnet"]
         print(f"BirdNET: {peer['t_predict_s']} s for {peer['audio_s'] / 3600:.2f} h "
@@ -170,7 +201,10 @@ def main() -> None:
     parser.add_argument("--short-min", type=float, default=10.0)
     parser.add_argument("--long-hours", type=float, default=10.0)
     parser.add_argument("--sample-rate", type=int, default=48000)
-    parser.add_argument("--precision", default="fp32", help="comma-separated: fp32,fp32-onnx,int8")
+    parser.add_argument("--precision", default="fp32", help="comma-separated: " + ",".join(PRECISIONS))
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=2, help="decode threads of the end-to-end scan")
+    parser.add_argument("--stage-windows", type=int, default=256, help="windows timed per stage")
     parser.add_argument("--birdnet", default=None, help="path of ../shared/tools/birdnet-peer")
     parser.add_argument("--model", default=None)
     parser.add_argument("--device", default="cpu")
@@ -189,11 +223,13 @@ def main() -> None:
         import torch
 
         audio = synthetic_recording(work / f"synthetic_{args.hours:g}h.wav", args.hours * 3600, args.sample_rate)
-        result = {"mode": "throughput", "model": args.model or "small test network", "device": args.device,
+        result = {"mode": "throughput", "model": args.model or "small test network", "device": _device_name(args.device),
+                  "batch_size": args.batch_size, "workers": args.workers,
                   "sample_rate": args.sample_rate, "torch_threads": torch.get_num_threads()}
         for precision in args.precision.split(","):
-            stages = stage_rates(audio, model, args.device, precision)
-            scan_result = run_scan(audio, model, args.device, work / f"throughput_{precision}.parquet", precision)
+            stages = stage_rates(audio, model, args.device, precision, args.stage_windows, args.batch_size)
+            scan_result = run_scan(audio, model, args.device, work / f"throughput_{precision}.parquet", precision,
+                                   args.batch_size, args.workers)
             scan_result["end_to_end_over_cnn"] = scan_result["windows_per_s"] / stages["cnn_windows_per_s"]
             result[precision] = {**stages, "scan": scan_result}
         if args.birdnet:
