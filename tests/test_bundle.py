@@ -54,6 +54,18 @@ def test_round_trip_gives_identical_outputs(tmp_path, crossentropy):
     assert loaded.metrics == bundle.metrics and loaded.provenance == bundle.provenance
 
 
+def test_cpu_prediction_in_channels_last_matches_the_network_in_nchw():
+    bundle = make_bundle()
+    features = torch.rand(4, 3, 40, 200)
+    with torch.inference_mode():
+        nchw = bundle.network(features.contiguous())
+    prediction = bundle.predict(features, FeatureSettings())
+    torch.testing.assert_close(prediction.embeddings, nchw, rtol=0, atol=1e-5)
+    with torch.inference_mode():
+        probabilities = torch.softmax(bundle.classifier(prediction.embeddings), dim=1)
+    assert torch.equal(prediction.probabilities, probabilities)
+
+
 def test_model_id_follows_the_weights(tmp_path):
     a, b = make_bundle(), make_bundle()
     a.save(tmp_path / "a")
