@@ -3,7 +3,7 @@
 - ``--precision int8``: the trunk quantised, stored in the bundle as ``model.int8.onnx``;
 - ``--precision fp32-onnx``: the fp32 trunk as it is, exported on first use into the
   user's cache and checked against torch on every load, so it gives the same numbers
-  (within 1e-4) as ``fp32``, only faster (about 2x on the 2-core dev CPU).
+  (within 1e-4) as ``fp32``, only faster (1.6-2x on the 2-core dev CPU).
 
 Why ONNX Runtime: on the 2-core dev CPU (AVX2, no VNNI) it ran this trunk about
 4x faster in int8 than PyTorch in fp32, where PyTorch's own int8 (FX, x86) reached
