@@ -9,10 +9,11 @@ throughput: writes a synthetic recording (noise with tones and clicks; 48 kHz as
 AudioMoths record, so the scan resamples to the model's 44.1 kHz) and reports, in one
 run and for each precision: decode, resample, features, CNN (network + MLP +
 open set, on precomputed features) and write throughput separately in windows/s,
-the end-to-end scan (windows/s, multiple of real time, hours of audio per minute) and
-its ratio to the CNN alone, also as hours of audio per second (the GPU target). On a GPU,
-raise --batch-size, --workers and --stage-windows (benchmarks/gpu.sh). With --birdnet, the peer BirdNET is timed on the same
-file right after (../shared/tools/birdnet-peer) and the ratios are reported.
+the end-to-end scan (windows/s, multiple of real time, hours of audio per minute and
+per second, the GPU target) and its ratio to the CNN alone. On a GPU, raise --batch-size,
+--workers and --stage-windows (as benchmarks/gpu.sh does). With --birdnet, the peer
+BirdNET is timed on the same file right after (../shared/tools/birdnet-peer) and the
+ratios are reported.
 memory: scans a short and a long synthetic file, each in its own process, and reports
 their peak resident memory; streaming decode keeps the two close. A small network is
 used unless --model is given, since the network's memory does not depend on length.
