@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from fieldmon.model.bundle import PRECISIONS
+from fieldmon.model.loading import PRECISIONS
 
 
 def synthetic_recording(path: Path, seconds: float, sr: int, block_seconds: float = 60.0) -> Path:

@@ -57,15 +57,27 @@ def accepting_model(tmp_path_factory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("models") / "accepting", threshold=0.0)
 
 
-def make_tiny_model(path: Path, threshold: float) -> Path:
+TINY_COMPACT_NETWORK = dict(stem_channels=4, strand_channels=(4, 4, 4), transition_channels=(4, 4, 4),
+                            dense_units=(8, 8, 8))
+
+
+@pytest.fixture(scope="session")
+def tiny_compact_model(tmp_path_factory) -> Path:
+    """tiny_model with the compact network (batch normalisation, early time strides)."""
+    return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-compact", threshold=0.01, network="compact")
+
+
+def make_tiny_model(path: Path, threshold: float, network: str = "paper") -> Path:
     import torch
 
     from fieldmon import ModelBundle
-    from fieldmon.model.network import MLPClassifier, MultiscaleCNN, NetworkSettings
+    from fieldmon.model.network import MLPClassifier
+    from fieldmon.model.networks import build_network, settings_class
     from fieldmon.model.openset import fit_open_set
 
     torch.manual_seed(0)
-    network = MultiscaleCNN(NetworkSettings(**TINY_NETWORK))
+    layout = TINY_NETWORK if network == "paper" else TINY_COMPACT_NETWORK
+    network = build_network(network, settings_class(network)(**layout))
     emb = torch.nn.functional.normalize(torch.randn(12, 8), dim=1)
     labels = torch.arange(12) % 3
     bundle = ModelBundle(network, ["cricket", "katydid", "cicada"], classifier=MLPClassifier(8, 3),

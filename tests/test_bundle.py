@@ -11,8 +11,11 @@ from fieldmon import BundleError, FeatureSettings, ModelBundle, load_model
 from fieldmon.cli import main
 from fieldmon.features import FeatureSettingsMismatch
 from fieldmon.model.bundle import JSON_NAME, WEIGHTS_NAME
+from fieldmon.model.compact import CompactCNN
 from fieldmon.model.network import MLPClassifier, MultiscaleCNN
+from fieldmon.model.networks import network_kind
 from fieldmon.model.openset import fit_open_set
+from fieldmon.train.settings import TrainSettings
 
 CLASSES = ["cricket", "katydid", "cicada"]
 
@@ -178,7 +181,7 @@ def test_cli_info_and_version(saved):
 
 def test_missing_default_model_says_what_to_do(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("fieldmon.model.bundle.resolve_model_path", lambda model: tmp_path / "no-default")
+    monkeypatch.setattr("fieldmon.model.bundle.resources.files", lambda package: tmp_path / "no-package-data")
     with pytest.raises(BundleError, match="default model is not installed"):
         load_model("default")
 
@@ -195,3 +198,39 @@ def test_saved_files_follow_the_umask_not_owner_only(tmp_path):
     for path in (tmp_path / "shared").iterdir():
         assert stat.S_IMODE(path.stat().st_mode) == 0o644, path.name  # others on a field server can read the model
     assert not list((tmp_path / "shared").glob(".*.tmp"))
+
+
+def test_bundles_from_before_the_choice_of_network_load_as_the_paper_network(saved):
+    # model.json written before fieldmon had a compact network names no network, and
+    # its training settings no optimizer: they are the paper's network and recipe.
+    bundle, path = saved
+    old_training = {"loss": "triplet", "learning_rate": 0.001, "steps": 40, "hop_seconds": 0.5}
+
+    def make_old(meta):
+        del meta["network"]
+        meta["training"] = {"settings": old_training}
+
+    edit_json(path, make_old)
+    loaded = load_model(path)
+    assert network_kind(loaded.network) == "paper"
+    features = torch.rand(2, 3, 40, 200)
+    assert torch.equal(loaded.predict(features, FeatureSettings()).embeddings,
+                       bundle.predict(features, FeatureSettings()).embeddings)
+    settings = TrainSettings.from_dict(loaded.training["settings"])
+    assert (settings.network, settings.optimizer, settings.schedule, settings.augment) == (
+        "paper", "adagrad", "constant", ())
+
+
+def test_compact_bundle_round_trip(tmp_path):
+    torch.manual_seed(0)
+    emb = torch.nn.functional.normalize(torch.randn(12, 128), dim=1)
+    labels = torch.arange(12) % 3
+    bundle = ModelBundle(CompactCNN(), CLASSES, classifier=MLPClassifier(128, 3),
+                         open_set=fit_open_set(emb, labels, emb, labels, 3, threshold=0.01), name="c").eval()
+    bundle.save(tmp_path / "c")
+    assert json.loads((tmp_path / "c" / JSON_NAME).read_text())["network"] == "compact"
+    loaded = load_model(tmp_path / "c")
+    features = torch.rand(3, 3, 40, 200)
+    assert isinstance(loaded.network, CompactCNN)
+    assert torch.equal(loaded.predict(features, FeatureSettings()).probabilities,
+                       bundle.predict(features, FeatureSettings()).probabilities)

@@ -26,10 +26,10 @@ def signals(n: int, seed: int) -> np.ndarray:
     return np.stack([makers[i % 4]() + noise(2.0, seed=i, amplitude=0.01) for i in range(n)]).astype(np.float32)
 
 
-@pytest.fixture
-def quantised(tmp_path, tiny_model):
+@pytest.fixture(params=["paper", "compact"])
+def quantised(request, tmp_path, tiny_model, tiny_compact_model):
     model = tmp_path / "model"
-    shutil.copytree(tiny_model, model)
+    shutil.copytree(tiny_model if request.param == "paper" else tiny_compact_model, model)
     bundle = load_model(model)
     features = FeatureExtractor(bundle.feature_settings)(signals(48, seed=1)).numpy()
     quantize_bundle(model, features)

@@ -190,3 +190,20 @@ def test_to_dict_is_json_serialisable():
     assert decoded["labels"] == ["a", "b", "c", "unknown"]
     assert decoded["confusion"][2] == [1, 0, 1, 1]
     assert decoded["per_class"]["b"]["support"] == 2
+
+
+def test_bootstrap_interval_brackets_the_figure_and_narrows_with_more_files():
+    from fieldmon.evaluation.metrics import bootstrap_macro_f1
+
+    names = ["a", "b", "c"]
+    rng = np.random.default_rng(0)
+    widths = []
+    for n in (12, 300):
+        y_true = np.arange(n) % 3
+        y_pred = np.where(rng.random(n) < 0.7, y_true, (y_true + 1) % 3)
+        low, high = bootstrap_macro_f1(y_true, y_pred, names)
+        assert low <= classification_report(y_true, y_pred, names).macro_f1 <= high
+        widths.append(high - low)
+    assert widths[1] < widths[0] / 2
+    perfect = bootstrap_macro_f1(np.arange(9) % 3, np.arange(9) % 3, names)
+    assert perfect == (1.0, 1.0)

@@ -3,13 +3,18 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fieldmon.model.compact import CompactCNN, CompactMultiscaleModule, CompactSettings
 from fieldmon.model.network import (
     EMBEDDING_PARAMETERS,
     MLPClassifier,
     MultiscaleCNN,
     NetworkSettings,
+    count_flops,
     count_parameters,
 )
+from fieldmon.model.networks import NETWORKS, build_network, network_kind
+
+COMPACT_PARAMETERS = 807_216
 
 
 def test_parameter_count_of_our_reading_of_the_paper():
@@ -83,3 +88,47 @@ def test_different_windows_give_different_embeddings_at_initialisation():
     with torch.no_grad():
         spread = net(windows).std(dim=0).mean().item()
     assert spread > 1e-3
+
+
+def test_paper_network_costs_7_56_gflop_per_window():
+    assert count_flops(MultiscaleCNN()) == 7_557_865_472
+
+
+def test_compact_network_shapes_parameters_and_flops_are_pinned():
+    net = CompactCNN().eval()
+    assert count_parameters(net) == COMPACT_PARAMETERS == 807_216
+    assert count_flops(net) == 510_467_072  # 1/15 of the paper network's
+    x = torch.rand(2, 3, 40, 200)
+    shapes = []
+    h = x
+    for layer in net.trunk.layers:
+        h = layer(h)
+        if isinstance(layer, (torch.nn.ReLU, CompactMultiscaleModule)):
+            shapes.append(tuple(h.shape[1:]))
+    # stem; then per stage the multiscale module (4 strands) and its strided conv
+    assert shapes == [(32, 20, 100), (128, 20, 100), (48, 10, 50), (192, 10, 50), (64, 5, 50),
+                      (256, 5, 50), (64, 1, 50)]
+    out = net(x)
+    assert out.shape == (2, 128)
+    assert torch.allclose(out.norm(dim=1), torch.ones(2), atol=1e-5)
+    module = net.trunk.layers[3]
+    kernels = [module.pointwise.kernel_size] + [strand[-1].kernel_size for strand in module.strands]
+    assert kernels == [(1, 1), (3, 3), (5, 5), (7, 7)]
+
+
+def test_compact_crossentropy_variant_and_settings_round_trip():
+    net = CompactCNN(n_classes=5)
+    assert net(torch.rand(2, 3, 40, 200)).shape == (2, 5) and not net.is_embedding
+    settings = CompactSettings(strand_channels=(8, 8, 8), transition_channels=(8, 8, 8))
+    assert CompactSettings.from_dict(settings.to_dict()) == settings
+    with pytest.raises(ValueError, match="reduce 40 Mel bands to 3"):
+        CompactSettings(transition_strides=((2, 2), (2, 1), (2, 1)))
+
+
+def test_registry_builds_each_network_by_name():
+    for kind in NETWORKS:
+        net = build_network(kind)
+        assert network_kind(net) == kind
+        assert build_network(kind, net.settings.to_dict()).settings == net.settings
+    with pytest.raises(ValueError, match="unknown network 'resnet'"):
+        build_network("resnet")

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -126,3 +128,64 @@ def test_report_on_the_recorder_series_day(tmp_path, accepting_model):
     assert diel.values.sum() == 480 and (diel.sum(axis=1) == 20).all()  # 4 files x 5 windows every hour
     eff = pd.read_csv(tmp_path / "report" / "effort.csv")
     assert eff.hours_recorded.sum() == pytest.approx(96 * 10 / 3600, abs=1e-3)
+
+
+def test_user_mistakes_on_reports_and_exports_are_clear(scanned, tmp_path):
+    _, out = scanned
+    runner = CliRunner()
+    # the per-file table instead of the detections
+    files_table = out.parent / (out.name.replace(".parquet", "") + ".files.parquet")
+    result = runner.invoke(main, ["report", str(files_table), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 1 and "per-file table" in result.output and result.exception.__class__ is SystemExit
+    # dates only as YYYY-MM-DD, and in order
+    for bad in ("2019-13-45", "05/06/2019"):
+        result = runner.invoke(main, ["report", str(out), "--out", str(tmp_path / "r"), "--to", bad])
+        assert result.exit_code == 2 and "--to" in result.output and "YYYY-MM-DD" in result.output
+    result = runner.invoke(main, ["report", str(out), "--out", str(tmp_path / "r"), "--from", "2024-06-01",
+                                  "--to", "2024-05-01"])
+    assert result.exit_code == 2 and "after --to" in result.output
+    # filters that match nothing say so
+    result = runner.invoke(main, ["export", str(out), "--format", "csv", "--out", str(tmp_path / "e"),
+                                  "--species", "Bufo bufo", "--site", "east"])
+    assert result.exit_code == 0
+    assert "--species 'Bufo bufo' matches no species" in result.output and "--site 'east' matches no site" in result.output
+    assert "no detections are left after the filters" in result.output
+
+
+def test_species_filter_ignores_case_and_spaces(scanned):
+    _, out = scanned
+    output = read_scan(out)
+    label = sorted(set(output.detections.label) - {"unknown"})[0]  # e.g. "katydid"
+    spaced = " ".join(label.upper())  # "K A T Y D I D"
+    known = apply_filters(output, Filters(species=(spaced,))).detections
+    assert set(known.label) - {"unknown"} == {label}
+
+
+@pytest.mark.parametrize("command", ["report", "export", "clips", "train"])
+def test_read_only_output_folder_is_a_one_line_error(scanned, tmp_path, command):
+    import shutil
+    import subprocess
+    import sys
+
+    _, out = scanned
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    args = {"report": ["report", str(out)], "export": ["export", str(out), "--format", "csv"],
+            "clips": ["clips", str(out)], "train": ["train", str(tmp_path / "clips"), "--steps", "1"]}[command]
+    if command == "train":
+        for species in ("a", "b"):
+            for i in range(2):
+                write_wav(tmp_path / "clips" / species / f"{i}.wav", 2.0, seed=i + 10 * (species == "b"))
+    run = [sys.executable, "-m", "fieldmon", *args, "--out", str(locked / "sub")]
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without util-linux setpriv, so no folder can be made read-only")
+        run = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *run]
+    locked.chmod(0o555)
+    try:
+        result = subprocess.run(run, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    finally:
+        locked.chmod(0o755)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr and "ermission denied" in result.stderr, result.stderr
+    assert str(locked / "sub") in result.stderr

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from conftest import write_wav
-from fieldmon.model.bundle import load_model
+from fieldmon.model.loading import load_model
 from fieldmon.outputs.store import files_table_path
 from fieldmon.recorder import RecorderInfo
 from fieldmon.scan.discovery import Recording

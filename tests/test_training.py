@@ -13,12 +13,15 @@ from click.testing import CliRunner
 from conftest import INSECTSET, require_shared
 from fieldmon import load_model
 from fieldmon.cli import main
+from fieldmon.model.compact import CompactSettings
 from fieldmon.model.network import MultiscaleCNN, NetworkSettings
 from fieldmon.train.api import TrainCallbacks, train
 from fieldmon.train.loop import TrainingData, TrainingLoop
 from fieldmon.train.settings import TrainSettings
 
 TINY = NetworkSettings(channels=4, reduce_channels=2, dense_units=(8, 8, 8))
+TINY_COMPACT = CompactSettings(stem_channels=4, strand_channels=(4, 4, 4), transition_channels=(4, 4, 4),
+                               dense_units=(8, 8, 8))
 QUIET = TrainCallbacks(message=lambda text: None)
 
 
@@ -89,7 +92,8 @@ def test_weight_change_is_the_relative_distance_from_initialisation(tmp_path):
 def test_first_adagrad_update_follows_the_gradient_not_its_sign(tmp_path):
     # Keras/TensorFlow's Adagrad starts its sum of squares at 0.1; with torch's 0 the
     # first update is +-lr on every weight, however small its gradient.
-    loop = make_loop(tmp_path, TrainSettings(steps=1, windows_per_class=3, eval_every=10))
+    loop = make_loop(tmp_path, TrainSettings.for_network("paper", steps=1, windows_per_class=3, eval_every=10))
+    assert loop.settings.optimizer == "adagrad" and loop.settings.augment == ()
     before = {n: p.detach().clone() for n, p in loop.module.named_parameters()}
     loop.run()
     step = torch.cat([(before[n] - p.detach()).flatten() for n, p in loop.module.named_parameters()]).abs()
@@ -112,14 +116,14 @@ def test_sigint_stops_after_the_step_and_saves(tmp_path):
     assert saved["step"] == 2
 
 
-def small_manifest(tmp_path: Path, species: int = 3) -> Path:
+def small_manifest(tmp_path: Path, species: int = 3, train_clips: int = 2) -> Path:
     root = require_shared(INSECTSET)
     with open(root / "manifest.csv") as fh:
         rows = list(csv.DictReader(fh))
     names = sorted({r["species"] for r in rows})[:species]
     picked = []
     for name in names:
-        train_rows = [r for r in rows if r["species"] == name and r["split"] == "train"][:2]
+        train_rows = [r for r in rows if r["species"] == name and r["split"] == "train"][:train_clips]
         val_rows = [r for r in rows if r["species"] == name and r["split"] == "validation"][:1]
         picked += train_rows + val_rows
     manifest = tmp_path / "manifest.csv"
@@ -133,7 +137,7 @@ def small_manifest(tmp_path: Path, species: int = 3) -> Path:
 def test_train_and_evaluate_end_to_end_on_real_clips(tmp_path):
     manifest = small_manifest(tmp_path)
     # overlapping training windows; held-out clips are still cut every 2 s, as evaluate cuts them
-    settings = TrainSettings(steps=4, windows_per_class=3, eval_every=2, hop_seconds=1.0)
+    settings = TrainSettings.for_network("paper", steps=4, windows_per_class=3, eval_every=2, hop_seconds=1.0)
     cache = tmp_path / "cache"
     bundle = train(manifest, tmp_path / "model", settings, cache_dir=cache, callbacks=QUIET, network_settings=TINY)
     loaded = load_model(tmp_path / "model")
@@ -172,10 +176,26 @@ def test_train_and_evaluate_end_to_end_on_real_clips(tmp_path):
     assert metrics["macro_f1"] == pytest.approx(loaded.metrics["validation"]["macro_f1"])
 
 
+def test_compact_network_learns_real_species_beyond_its_untrained_start(tmp_path):
+    # Four InsectSet32 species, up to five training clips each, the default recipe on the
+    # default network for 40 short steps: validation must improve clearly over the
+    # untrained network (the selection history's step 0), or the recipe does not learn.
+    manifest = small_manifest(tmp_path, species=4, train_clips=5)
+    settings = TrainSettings(steps=40, windows_per_class=4, eval_every=10, warmup_steps=5)
+    bundle = train(manifest, tmp_path / "model", settings, cache_dir=tmp_path / "cache", callbacks=QUIET)
+    history = bundle.metrics["selection"]["history"]
+    assert history[0]["step"] == 0 and history[0]["weight_change"] == 0.0
+    untrained = history[0]["val_macro_f1_window"]
+    trained = max(h["val_macro_f1_window"] for h in history[1:])
+    assert trained >= untrained + 0.2, history
+    assert bundle.training["network"] == "compact" and bundle.training["weight_change"] > 0.01
+
+
 def test_cli_base_training_and_resume_refusal(tmp_path):
     manifest = small_manifest(tmp_path)
     cache = str(tmp_path / "cache")
-    train(manifest, tmp_path / "base", TrainSettings(steps=2, windows_per_class=3, eval_every=2, dropout=0.25),
+    train(manifest, tmp_path / "base",
+          TrainSettings.for_network("paper", steps=2, windows_per_class=3, eval_every=2, dropout=0.25),
           cache_dir=cache, callbacks=QUIET, network_settings=TINY)
     runner = CliRunner()
     args = ["train", str(manifest), "--out", str(tmp_path / "site"), "--base", str(tmp_path / "base"),
@@ -214,7 +234,7 @@ def test_epoch_budget_counts_passes_over_the_training_windows(tmp_path):
     loop = make_loop(tmp_path, TrainSettings(epochs=3, windows_per_class=3, eval_every=100))
     state = loop.run()
     assert state.minibatch == 6 and state.step == 6
-    with pytest.raises(ValueError, match="exactly one training budget"):
+    with pytest.raises(ValueError, match="steps or epochs, not both"):
         TrainSettings(steps=5, epochs=1)
 
 
@@ -240,3 +260,43 @@ def test_species_left_with_only_silent_training_clips_is_refused(tmp_path):
     assert result.exit_code == 1, result.output
     assert "left out: " in result.output and "b_train.wav: the clip is silent" in result.output
     assert "species 'b' has no usable clip in the train split" in result.output
+
+
+@pytest.mark.slow
+def test_gpu_training_script_runs_both_networks_on_the_cpu(tmp_path):
+    # benchmarks/gpu_train.sh is meant for a GPU machine; with a tiny manifest and budget it
+    # checks itself on the CPU: both networks train, and their scores are collected.
+    import subprocess
+    import sys
+
+    manifest = small_manifest(tmp_path)
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_train.sh"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    run = subprocess.run(["bash", str(script), str(tmp_path / "out"), str(manifest), "15s"],
+                         capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    scores = json.loads((tmp_path / "out" / "scores.json").read_text())
+    assert set(scores) == {"paper", "compact"}
+    for network, score in scores.items():
+        assert score["steps"] >= 1 and 0.0 <= score["validation"]["file_macro_f1"] <= 1.0
+        assert load_model(tmp_path / "out" / network).training["network"] == network
+
+
+def test_weight_average_is_what_is_validated_kept_and_resumed(tmp_path):
+    settings = TrainSettings(steps=6, windows_per_class=3, eval_every=2, checkpoint_every=3, average=0.9)
+    straight = make_loop(tmp_path / "a", settings)
+    straight.run()
+    averaged = straight.averaged.state_dict()
+    assert any(not torch.equal(averaged[k], v) for k, v in straight.module.state_dict().items())
+    first = make_loop(tmp_path / "b", settings)
+    first.on_step = lambda report: report.step == 3 and os.kill(os.getpid(), signal.SIGINT)
+    assert first.run().interrupted
+    resumed = make_loop(tmp_path / "b", settings)
+    resumed.load_checkpoint()
+    resumed.run()
+    for name, value in averaged.items():
+        assert torch.equal(value, resumed.averaged.state_dict()[name]), name
+    assert straight.state.history == resumed.state.history
+    best_step = straight.state.best_step
+    straight.restore_best()
+    assert straight.evaluated is straight.module and best_step in [h["step"] for h in straight.state.history]

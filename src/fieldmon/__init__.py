@@ -6,8 +6,25 @@ Data flow: audio (decode, resample, windows) -> features (HPSS-Mel) -> model
 
 __version__ = "0.1.0"
 
-from fieldmon.features import FeatureExtractor, FeatureSettings, compute_features  # noqa: E402
-from fieldmon.model.bundle import BundleError, ModelBundle, load_model  # noqa: E402
+# The public names are imported on first use (PEP 562), so that `fieldmon --help` and
+# `from fieldmon import __version__` do not pay for torch, numba and librosa.
+_EXPORTS = {
+    "FeatureExtractor": "fieldmon.features",
+    "FeatureSettings": "fieldmon.features",
+    "compute_features": "fieldmon.features",
+    "BundleError": "fieldmon.model.bundle",
+    "ModelBundle": "fieldmon.model.bundle",
+    "load_model": "fieldmon.model.loading",
+}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'fieldmon' has no attribute {name!r}")
+
 
 __all__ = [
     "__version__",

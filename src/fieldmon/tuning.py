@@ -42,3 +42,17 @@ def resolve_device(device: str) -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
     return torch.device(device)
+
+
+def describe_device(device: torch.device) -> str:
+    """What a model was trained on, for its model.json: the GPU's name, or the CPU's
+    model and the threads torch used."""
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    name = ""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            name = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return f"cpu ({name + ', ' if name else ''}{torch.get_num_threads()} threads)"

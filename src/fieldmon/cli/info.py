@@ -6,7 +6,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from fieldmon.model.bundle import BundleError, load_model
+from fieldmon.model.bundle import BundleError
+from fieldmon.model.loading import load_model
 
 
 def show_model_info(model: str) -> None:

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import click
 
 from fieldmon import __version__
-from fieldmon.model.bundle import PRECISIONS
+from fieldmon.model.loading import PRECISIONS
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -30,66 +31,126 @@ def info(model: str) -> None:
     show_model_info(model)
 
 
+POSITIVE = click.IntRange(min=1)
+NON_NEGATIVE = click.FloatRange(min=0.0)
+
+
+class Duration(click.ParamType):
+    """A duration with units: 90s, 20m, 2h, 1h30m."""
+
+    name = "duration"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (int, float)):
+            return float(value)
+        import re
+
+        text = str(value).strip().lower()
+        parts = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?", text)
+        if not text or parts is None:
+            self.fail(f"{value!r} is not a duration with units, such as 90s, 20m, 2h or 1h30m", param, ctx)
+        hours, minutes, seconds = (float(p) if p else 0.0 for p in parts.groups())
+        total = hours * 3600 + minutes * 60 + seconds
+        if total <= 0:
+            self.fail(f"{value!r} must be longer than zero", param, ctx)
+        return total
+
+
 @main.command()
 @click.argument("clips", type=click.Path(exists=True, path_type=Path))
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Model directory to write.")
+@click.option("--network", type=click.Choice(["compact", "paper"]), default=None,
+              help="compact (default): the multiscale CNN made trainable on a CPU (0.5 GFLOP per window). "
+                   "paper: the paper's network (7.56 GFLOP; a GPU job) with the paper's recipe. "
+                   "With --base: the base model's.")
 @click.option("--loss", type=click.Choice(["triplet", "crossentropy"]), default="triplet", show_default=True,
               help="triplet: the paper's method. crossentropy: the same CNN with a softmax head (MS-CNN baseline).")
 @click.option("--base", type=str, default=None,
-              help="Reuse this model's convolutional trunk and train only the dense embedding head (fast on CPU).")
-@click.option("--steps", type=int, default=None, help="Budget in optimisation steps.")
-@click.option("--epochs", type=int, default=None, help="Budget in passes over the training windows.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
-@click.option("--seed", type=int, default=0, show_default=True)
+              help="Start from this model ('default' or a directory): its network and weights are fine-tuned on "
+                   "CLIPS with the triplet loss (the species are CLIPS's own). Without a budget: --time-budget 20m.")
+@click.option("--freeze-trunk", is_flag=True,
+              help="With --base: train only the dense embedding head, on the base trunk's outputs (fastest; "
+                   "default budget 2000 steps).")
+@click.option("--steps", type=POSITIVE, default=None, help="Budget in optimisation steps.")
+@click.option("--epochs", type=POSITIVE, default=None, help="Budget in passes over the training windows.")
+@click.option("--time-budget", type=Duration(), default=None,
+              help="Wall-clock budget, e.g. 20m, 90s or 2h: train until then (alone, or as a cap on --steps or "
+                   "--epochs), keep the best weights by validation and write the model. Ctrl-C does the same early.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint in --out.")
+@click.option("--optimizer", type=click.Choice(["adamw", "adagrad", "adam"]), default=None,
+              help="Default: adamw (compact), adagrad (paper; adam for its crossentropy baseline).")
+@click.option("--lr", type=click.FloatRange(min=0.0, max=10.0), default=1e-3, show_default=True, help="Peak learning rate.")
+@click.option("--schedule", type=click.Choice(["cosine", "constant"]), default=None,
+              help="Learning rate over the budget. Default: cosine (compact), constant (paper).")
+@click.option("--warmup-steps", type=click.IntRange(min=0), default=None,
+              help="Linear warm-up of the learning rate. Default: 50 (compact), 0 (paper).")
+@click.option("--augment", default=None, callback=lambda ctx, param, value: _augmentations(value, param),
+              help="Comma-separated feature augmentations of training windows: roll, specaugment, noise-floor, "
+                   "tilt, or none. Default: all four (compact), none (paper).")
 @click.option("--triplet-update", type=click.Choice(["minibatch", "paper"]), default="minibatch", show_default=True,
               help="minibatch: one update per mini-batch over all its semi-hard triplets. "
                    "paper: updates on batches of at most --triplet-batch triplets, as in the paper.")
-@click.option("--triplet-batch", type=int, default=50, show_default=True)
-@click.option("--windows-per-class", type=int, default=5, show_default=True)
+@click.option("--triplet-batch", type=POSITIVE, default=50, show_default=True)
+@click.option("--windows-per-class", type=click.IntRange(min=2), default=5, show_default=True)
 @click.option("--distinct-clips/--any-clips", default=False, show_default=True,
               help="Draw a species' windows in a mini-batch from different clips, so that positive pairs "
                    "are different recordings.")
-@click.option("--batch-size", type=int, default=None, help="Mini-batch size (default: windows-per-class x species).")
-@click.option("--hop", type=float, default=2.0, show_default=True, help="Seconds between training windows.")
-@click.option("--lr", type=float, default=1e-3, show_default=True)
-@click.option("--weight-decay", type=float, default=1e-4, show_default=True)
-@click.option("--dropout", type=float, default=None,
-              help="Dropout before each dense layer while training (default: the network's, the paper's 0.5).")
-@click.option("--adagrad-initial-accumulator", type=float, default=0.1, show_default=True,
+@click.option("--batch-size", type=POSITIVE, default=None, help="Mini-batch size (default: windows-per-class x species).")
+@click.option("--hop", type=click.FloatRange(min=0.05, max=60.0), default=0.5, show_default=True,
+              help="Seconds between training windows.")
+@click.option("--weight-decay", type=NON_NEGATIVE, default=1e-4, show_default=True)
+@click.option("--average", type=click.FloatRange(min=0.0, max=1.0, min_open=True, max_open=True), default=None,
+              help="Validate and keep an exponential moving average of the weights with this decay per step "
+                   "(e.g. 0.995) instead of the weights themselves.")
+@click.option("--dropout", type=click.FloatRange(min=0.0, max=1.0, max_open=True), default=None,
+              help="Dropout before each dense layer while training (default: the network's; compact 0, paper 0.5).")
+@click.option("--adagrad-initial-accumulator", type=NON_NEGATIVE, default=0.1, show_default=True,
               help="Adagrad's starting sum of squares (Keras/TensorFlow's default; 0 is torch's).")
-@click.option("--margin-start", type=float, default=0.2, show_default=True)
-@click.option("--margin-step", type=float, default=0.05, show_default=True)
-@click.option("--margin-max", type=float, default=0.6, show_default=True)
-@click.option("--margin-threshold", type=int, default=15, show_default=True)
-@click.option("--eval-every", type=int, default=25, show_default=True, help="Steps between validation checks.")
-@click.option("--checkpoint-every", type=int, default=10, show_default=True)
-@click.option("--open-set-threshold", type=float, default=0.01, show_default=True,
+@click.option("--margin-start", type=click.FloatRange(min=0.0, max=4.0), default=0.2, show_default=True)
+@click.option("--margin-step", type=click.FloatRange(min=0.0, max=4.0), default=0.05, show_default=True)
+@click.option("--margin-max", type=click.FloatRange(min=0.0, max=4.0), default=0.6, show_default=True)
+@click.option("--margin-threshold", type=click.IntRange(min=0), default=15, show_default=True)
+@click.option("--eval-every", type=POSITIVE, default=25, show_default=True, help="Steps between validation checks.")
+@click.option("--checkpoint-every", type=POSITIVE, default=10, show_default=True)
+@click.option("--open-set-threshold", type=click.FloatRange(min=0.0, max=1.0), default=0.01, show_default=True,
               help="Reject a window as unknown when its open-set score is below this.")
+@click.option("--baseline/--no-baseline", default=True, show_default=True,
+              help="Also fit the shallow baseline (log-Mel and MFCC statistics, logistic regression) on the "
+                   "same split and print both scores.")
 @click.option("--cache", "cache_dir", type=click.Path(path_type=Path), default=None,
               help="Feature cache directory (default ~/.cache/fieldmon/features).")
 @click.option("--quiet", is_flag=True)
-def train(clips, out, base, steps, epochs, device, seed, resume, cache_dir, quiet, **options) -> None:
+def train(clips, out, base, steps, epochs, time_budget, device, seed, resume, cache_dir, quiet, **options) -> None:
     """Train a species model on labelled CLIPS: a folder with one sub-folder per
     species, or a CSV manifest with path,label[,split] columns.
 
-    One step of the full network takes about a minute on a 2-core CPU and well under
-    a second on a GPU; --base trains in minutes on a CPU.
+    The compact network trains in hours on a CPU (about 4 s per step on two cores);
+    the paper's network takes about a minute per step on a CPU and well under a second
+    on a GPU; --base trains in minutes on a CPU.
     """
     from fieldmon.cli.train import TrainDisplay, fail
     from fieldmon.train.api import TrainCallbacks, train as run_training
     from fieldmon.train.settings import TrainSettings
 
-    if steps is None and epochs is None and not resume:
+    if base is not None and options["network"] is not None:
+        raise click.UsageError("--network does not apply with --base: the base model's network is trained")
+    if options["freeze_trunk"] and base is None:
+        raise click.UsageError("--freeze-trunk needs --base: the trunk to freeze is the base model's")
+    if steps is None and epochs is None and time_budget is None and not resume:
         if base is None:
-            raise click.UsageError("give a budget: --steps N or --epochs N (one full-network step is ~1 min on a CPU)")
-        steps = 2000
-    names = {"lr": "learning_rate", "hop": "hop_seconds"}
+            raise click.UsageError("give a budget: --steps N, --epochs N or --time-budget 20m")
+        if options["freeze_trunk"]:
+            steps = 2000
+        else:
+            time_budget = 20 * 60.0
     settings = None  # with --resume and no budget: the checkpoint's own settings
-    if steps is not None or epochs is not None:
+    if steps is not None or epochs is not None or time_budget is not None:
         try:
-            settings = TrainSettings(steps=steps, epochs=epochs, seed=seed,
-                                     **{names.get(k, k): v for k, v in options.items()})
+            settings = TrainSettings.for_network(options.pop("network") or "compact", steps=steps, epochs=epochs,
+                                                 time_budget_seconds=time_budget, seed=seed,
+                                                 **_train_options(options))
         except ValueError as exc:
             raise click.UsageError(str(exc)) from exc
     display = TrainDisplay(quiet)
@@ -105,10 +166,30 @@ def train(clips, out, base, steps, epochs, device, seed, resume, cache_dir, quie
         from fieldmon.model.bundle import BundleError
         from fieldmon.train.dataset import DatasetError
 
-        if isinstance(exc, (DatasetError, BundleError, ValueError, FileExistsError, FileNotFoundError)):
+        if isinstance(exc, (DatasetError, BundleError, ValueError, OSError)):
             fail(exc)
         raise
     display.close()
+
+
+def _train_options(options: dict) -> dict:
+    """CLI option values as TrainSettings fields; options left unset keep the recipe's."""
+    names = {"lr": "learning_rate", "hop": "hop_seconds"}
+    return {names.get(k, k): v for k, v in options.items() if v is not None}
+
+
+def _augmentations(value: str | None, param: click.Parameter) -> tuple[str, ...] | None:
+    """--augment roll,tilt -> ("roll", "tilt"); "none" -> ()."""
+    if value is None:
+        return None
+    from fieldmon.train.augment import AUGMENTATIONS
+
+    given = value.strip().lower()
+    names = () if given == "none" else tuple(a.strip() for a in given.split(",") if a.strip())
+    unknown = [a for a in names if a not in AUGMENTATIONS]
+    if unknown:
+        raise click.BadParameter(f"{unknown[0]!r} is not one of {', '.join(AUGMENTATIONS)} or none", param=param)
+    return names
 
 
 @main.command()
@@ -120,7 +201,7 @@ def train(clips, out, base, steps, epochs, device, seed, resume, cache_dir, quie
               help="Only the clips of this split of a manifest, e.g. MODEL/split.csv saved by fieldmon train.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the metrics as JSON.")
 @click.option("--cache", "cache_dir", type=click.Path(path_type=Path), default=None)
-@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
+@click.option("--precision", type=click.Choice(list(PRECISIONS)), default="fp32", show_default=True,
               help="fp32-onnx: the same numbers on ONNX Runtime. int8: the model's quantised trunk "
                    "(see fieldmon quantize). bf16, fp16: the trunk under torch.autocast (scans use them on GPUs).")
 def evaluate(model, clips, outliers, split, json_out, cache_dir, precision) -> None:
@@ -142,7 +223,7 @@ def evaluate(model, clips, outliers, split, json_out, cache_dir, precision) -> N
 @main.command()
 @click.argument("model")
 @click.argument("clips", type=click.Path(exists=True, path_type=Path))
-@click.option("--windows", type=int, default=1024, show_default=True, help="Calibration windows.")
+@click.option("--windows", type=click.IntRange(1, 100_000), default=1024, show_default=True, help="Calibration windows.")
 @click.option("--cache", "cache_dir", type=click.Path(path_type=Path), default=None)
 def quantize(model, clips, windows, cache_dir) -> None:
     """Add an int8 version of MODEL's convolutions for `--precision int8`, calibrated
@@ -169,31 +250,36 @@ def quantize(model, clips, windows, cache_dir) -> None:
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Detections output (a directory of Parquet parts, e.g. detections.parquet).")
 @click.option("--model", default="default", show_default=True, help="Model bundle directory, or 'default'.")
-@click.option("--hop", type=float, default=2.0, show_default=True, help="Seconds between window starts.")
-@click.option("--channel", type=int, default=None, help="Use this channel (0-based) instead of the downmix.")
-@click.option("--top-k", type=int, default=3, show_default=True, help="Alternatives stored per window.")
-@click.option("--min-score", type=float, default=0.0, show_default=True,
+@click.option("--hop", type=click.FloatRange(0.1, 3600.0), default=2.0, show_default=True,
+              help="Seconds between window starts (0.1 to 3600).")
+@click.option("--channel", type=click.IntRange(min=0), default=None,
+              help="Use this channel (0-based) instead of the downmix.")
+@click.option("--top-k", type=click.IntRange(1, 100), default=3, show_default=True,
+              help="Alternatives stored per window (at most the model's species).")
+@click.option("--min-score", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
               help="Drop windows whose top score is lower (the default keeps every window).")
 @click.option("--embeddings", is_flag=True, help="Also store the 128-D embedding of every window.")
 @click.option("--tz", default=None, help="IANA time zone of recorders that name files in local time (Song Meter).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
-@click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--workers", type=int, default=2, show_default=True, help="Decoding threads.")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="auto: the GPU when torch sees one.")
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=64, show_default=True,
+              help="Windows per batch through features and network.")
+@click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True, help="Decoding threads.")
+@click.option("--precision", type=click.Choice(list(PRECISIONS)), default="fp32", show_default=True,
               help="On CPU, with pip install 'fieldmon[int8]': fp32-onnx gives the same numbers about 2x "
                    "faster; int8 is faster still, with the model's quantised trunk. On a GPU: bf16 or fp16 "
                    "(torch.autocast, channels_last).")
-@click.option("--time-limit", type=float, default=None,
+@click.option("--time-limit", type=click.FloatRange(min=0.0, min_open=True), default=None,
               help="Stop cleanly after this many seconds (finished files are kept; exit status 130).")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="ray: run on a Ray cluster (pip install 'fieldmon[ray]'); see the README.")
 @click.option("--address", default=None, help="Ray cluster to join (e.g. auto or HEAD:6379); default: a private local one.")
-@click.option("--ray-cpus", type=int, default=None, help="CPUs of the private local Ray instance (default: all).")
+@click.option("--ray-cpus", type=click.IntRange(min=1), default=None, help="CPUs of the private local Ray instance (default: all).")
 @click.option("--ray-temp-dir", default=None, help="Temp dir of the private local Ray instance (default: OUT/_fieldmon/ray when short enough).")
-@click.option("--ray-object-store-gb", type=float, default=1.0, show_default=True,
+@click.option("--ray-object-store-gb", type=click.FloatRange(0.1, 1024.0), default=1.0, show_default=True,
               help="Object store cap of the private local Ray instance.")
-@click.option("--ray-actors", type=int, default=None, help="Model actors (default: one per GPU, or from the CPUs).")
-@click.option("--ray-actor-cpus", type=float, default=None, help="CPUs reserved per CPU model actor.")
+@click.option("--ray-actors", type=click.IntRange(min=1), default=None, help="Model actors (default: one per GPU, or from the CPUs).")
+@click.option("--ray-actor-cpus", type=click.FloatRange(min=0.0, min_open=True), default=None, help="CPUs reserved per CPU model actor.")
 @click.option("--quiet", is_flag=True, help="Only the summary.")
 def scan(recordings, out, model, hop, channel, top_k, min_score, embeddings, tz, device, batch_size, workers,
          precision, time_limit, engine, address, ray_cpus, ray_temp_dir, ray_object_store_gb, ray_actors,
@@ -221,7 +307,12 @@ def scan(recordings, out, model, hop, channel, top_k, min_score, embeddings, tz,
         summary = run_scan(recordings, out, model, settings, options, display)
     except (BundleError, StoreError, ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
-    display.finish(summary, str(out))
+    except KeyboardInterrupt:  # a second Ctrl-C or SIGTERM: stop now
+        display.close()
+        click.echo("stopped at once: files finished before the stop are kept; run the same command to continue",
+                   err=True)
+        raise SystemExit(130) from None
+    display.finish(summary, str(out), str(recordings))
     raise SystemExit(summary.exit_code)
 
 
@@ -230,25 +321,55 @@ def _filters(min_score, species, site, date_from, date_to):
 
     from fieldmon.outputs.tables import Filters
 
+    if date_from and date_to and date_from > date_to:
+        raise click.BadParameter(f"{date_from} is after --to {date_to}", param_hint="--from")
     return Filters(min_score, tuple(species), tuple(site), pd.Timestamp(date_from) if date_from else None,
                    pd.Timestamp(date_to) if date_to else None)
 
 
 def _read(detections: Path, filters):
-    from fieldmon.outputs.tables import apply_filters, read_scan
+    from fieldmon.outputs.tables import apply_filters, read_scan, unmatched_filters
 
     try:
-        return apply_filters(read_scan(detections), filters)
-    except FileNotFoundError as exc:
+        output = read_scan(detections)
+    except (FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
+    for problem in unmatched_filters(output, filters):
+        click.echo(f"warning: {problem}", err=True)
+    filtered = apply_filters(output, filters)
+    if len(output.detections) and not len(filtered.detections):
+        click.echo(f"warning: no detections are left after the filters ({filters.describe()})", err=True)
+    return filtered
+
+
+@contextlib.contextmanager
+def _writing(out: Path):
+    """A failure to write the output as a one-line error that names it, not a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {exc.filename or out}: {exc.strerror or exc}") from exc
+
+
+def _iso_date(ctx, param, value):
+    if value is None:
+        return None
+    import datetime
+
+    try:
+        return datetime.date.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a date as YYYY-MM-DD (e.g. 2024-05-31)", param=param) from None
 
 
 _filter_options = [
-    click.option("--min-score", type=float, default=0.0, show_default=True),
-    click.option("--species", multiple=True, help="Only this species (repeatable)."),
+    click.option("--min-score", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
+                 help="Only windows whose top score is at least this."),
+    click.option("--species", multiple=True,
+                 help="Only this species (repeatable; case and spaces do not matter: 'Kikihia muta')."),
     click.option("--site", multiple=True, help="Only this site (repeatable)."),
-    click.option("--from", "date_from", default=None, help="First date, YYYY-MM-DD."),
-    click.option("--to", "date_to", default=None, help="Last date, YYYY-MM-DD."),
+    click.option("--from", "date_from", default=None, callback=_iso_date, help="First date, YYYY-MM-DD."),
+    click.option("--to", "date_to", default=None, callback=_iso_date, help="Last date, YYYY-MM-DD."),
 ]
 
 
@@ -268,7 +389,9 @@ def report(detections, out, min_score, species, site, date_from, date_to) -> Non
     from fieldmon.outputs.report import write_report
 
     filters = _filters(min_score, species, site, date_from, date_to)
-    path = write_report(_read(detections, filters), out, filters, source=str(detections))
+    output = _read(detections, filters)
+    with _writing(out):
+        path = write_report(output, out, filters, source=str(detections))
     click.echo(f"wrote {path} and its CSV tables")
 
 
@@ -282,17 +405,20 @@ def export(detections, fmt, out, min_score, species, site, date_from, date_to) -
     audio file, in the recordings' folder layout), or one flat CSV."""
     from fieldmon.outputs.export import export as run_export
 
-    written = run_export(_read(detections, _filters(min_score, species, site, date_from, date_to)), fmt, out)
+    output = _read(detections, _filters(min_score, species, site, date_from, date_to))
+    with _writing(out):
+        written = run_export(output, fmt, out)
     click.echo(f"wrote {len(written)} file(s) to {out}")
 
 
 @main.command()
 @click.argument("detections", type=click.Path(exists=True, path_type=Path))
-@click.option("--per-species", type=int, default=10, show_default=True)
+@click.option("--per-species", type=click.IntRange(1, 100_000), default=10, show_default=True,
+              help="Clips per species.")
 @click.option("--out", required=True, type=click.Path(path_type=Path))
 @click.option("--mode", type=click.Choice(["best", "random"]), default="best", show_default=True,
               help="The best-scoring windows, or a random sample of each species' windows.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="For --mode random.")
 @click.option("--audio-root", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Where the recordings are now (default: the folder that was scanned).")
 @filter_options
@@ -305,5 +431,6 @@ def clips(detections, per_species, out, mode, seed, audio_root, min_score, speci
     root = audio_root or output.metadata.get("root")
     if root is None:
         raise click.UsageError("the scan does not record its folder; pass --audio-root")
-    table = extract_clips(output, root, out, per_species, mode, seed)
+    with _writing(out):
+        table = extract_clips(output, root, out, per_species, mode, seed)
     click.echo(f"wrote {len(table)} clips to {out} (index.csv)")

@@ -7,6 +7,7 @@ import time
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+from fieldmon.audio import AUDIO_EXTENSIONS
 from fieldmon.scan.pipeline import ScanProgress, ScanSummary
 
 
@@ -52,9 +53,17 @@ class ScanDisplay(ScanProgress):
         elapsed = time.monotonic() - self.started
         return f"{self.audio_seconds / elapsed:.0f}x real time" if elapsed > 0 else ""
 
-    def finish(self, summary: ScanSummary, out: str) -> None:
+    def close(self) -> None:
         if self.progress is not None:
             self.progress.stop()
+            self.progress = None
+
+    def finish(self, summary: ScanSummary, out: str, recordings: str = "") -> None:
+        self.close()
+        if not summary.files_ok and not summary.files_failed and not summary.files_skipped:
+            extensions = ", ".join(sorted(e.lstrip(".") for e in AUDIO_EXTENSIONS))
+            self.summary_console.print(f"warning: no audio files ({extensions}) found in {recordings}",
+                                       markup=False, highlight=False, soft_wrap=True)
         speed = summary.audio_seconds / summary.wall_seconds if summary.wall_seconds else 0.0
         lines = [
             f"{summary.files_ok} files scanned, {summary.files_failed} failed, {summary.files_skipped} unchanged; "
@@ -64,4 +73,5 @@ class ScanDisplay(ScanProgress):
         if summary.interrupted:
             lines.append("interrupted: finished files are saved; run the same command again to continue")
         for line in lines:
-            self.summary_console.print(line, markup=False, highlight=False)
+            # soft_wrap: a long output path stays on its line instead of breaking mid-path
+            self.summary_console.print(line, markup=False, highlight=False, soft_wrap=True)

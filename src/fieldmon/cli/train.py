@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from fieldmon.train.dataset import ClipSet
@@ -40,32 +40,51 @@ class TrainDisplay:
     def step(self, report: StepReport) -> None:
         total = report.total_steps or report.total_minibatches
         done = report.step if report.total_steps else report.minibatch
+        remaining = _remaining_seconds(report, total, done)
         if not self.first_step_logged:
             self.first_step_logged = True
-            if total:
-                eta = report.seconds_per_step * (total - done)
-                self.message(f"first step took {report.seconds_per_step:.1f} s; about {eta / 60:.0f} min for the remaining "
-                             f"{total - done} {'steps' if report.total_steps else 'mini-batches'}")
+            if remaining is not None:
+                self.message(f"first step took {report.seconds_per_step:.1f} s; about {remaining / 60:.0f} min to go")
         fields = f"loss {report.loss:.4f}"
         if report.margin is not None:
             fields += f"  margin {report.margin:.2f}"
         if report.semi_hard is not None:
             fields += f"  semi-hard {report.semi_hard}"
+        if report.validation is not None:
+            fields += f"  validation {report.validation:.3f}"
         if self.interactive:
             if self.progress is None:
                 self.progress = Progress(TextColumn("step {task.completed}/{task.total}"), BarColumn(),
-                                         TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                                         console=self.console)
+                                         TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
+                                         TextColumn("{task.fields[eta]}"), console=self.console)
                 self.progress.start()
-                self.task = self.progress.add_task("train", total=total, completed=done, info=fields)
-            self.progress.update(self.task, completed=done, info=fields)
+                self.task = self.progress.add_task("train", total=total, completed=done, info=fields, eta="")
+            self.progress.update(self.task, total=total, completed=done, info=fields, eta=_clock(remaining, "left"))
         elif report.step % self.log_every == 0:
             self.message(f"step {report.step}{'/' + str(total) if total else ''}  {fields}  "
-                         f"{report.seconds_per_step:.2f} s/step")
+                         f"{report.seconds_per_step:.2f} s/step  {_clock(report.elapsed_seconds, 'elapsed')}  "
+                         f"{_clock(remaining, 'left')}")
 
     def close(self) -> None:
         if self.progress is not None:
             self.progress.stop()
+
+
+def _remaining_seconds(report: StepReport, total: int | None, done: int) -> float | None:
+    estimates = []
+    if total:
+        estimates.append((total - done) * report.seconds_per_step)
+    if report.time_budget_seconds is not None:
+        estimates.append(report.time_budget_seconds - report.elapsed_seconds)
+    return max(0.0, min(estimates)) if estimates else None
+
+
+def _clock(seconds: float | None, what: str) -> str:
+    if seconds is None:
+        return ""
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d} {what}"
 
 
 def print_evaluation(result: dict, json_out: Path | None) -> None:
@@ -76,6 +95,9 @@ def print_evaluation(result: dict, json_out: Path | None) -> None:
         if key in result:
             value = result[key]
             table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+            if key == "file_macro_f1":
+                low, high = result["file_macro_f1_interval"]
+                table.add_row("file_macro_f1 95 % interval", f"{low:.4f} - {high:.4f} (bootstrap over files)")
     console.print(table)
     per_class = Table(title="per species (windows)", title_justify="left")
     for column in ("species", "precision", "recall", "f1", "support"):
@@ -91,5 +113,7 @@ def print_evaluation(result: dict, json_out: Path | None) -> None:
 
 
 def fail(exc: Exception) -> None:
+    if isinstance(exc, OSError) and exc.strerror:
+        raise click.ClickException(f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror) from exc
     raise click.ClickException(str(exc)) from exc
 

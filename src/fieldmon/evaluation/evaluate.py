@@ -9,8 +9,15 @@ import numpy as np
 import torch
 
 from fieldmon.audio import is_audio_file
-from fieldmon.evaluation.metrics import UNKNOWN, classification_report, file_level, rejection_accuracy
-from fieldmon.model.bundle import ModelBundle, load_model
+from fieldmon.evaluation.metrics import (
+    UNKNOWN,
+    bootstrap_macro_f1,
+    classification_report,
+    file_level,
+    rejection_accuracy,
+)
+from fieldmon.model.bundle import ModelBundle
+from fieldmon.model.loading import load_model
 from fieldmon.train.cache import EVALUATION_HOP_SECONDS, FeatureCache, build_window_set
 from fieldmon.train.dataset import DatasetError, load_clips
 
@@ -49,11 +56,13 @@ def evaluate_windows(
     first = {f: i for i, f in reversed(list(enumerate(file_ids)))}
     file_labels = np.array([labels[first[f]] for f in files])
     per_file = classification_report(file_labels, file_probabilities.argmax(axis=1), names)
+    interval = bootstrap_macro_f1(file_labels, file_probabilities.argmax(axis=1), names)
     result = {
         "windows": int(len(labels)),
         "files": int(len(files)),
         "macro_f1": window.macro_f1,
         "file_macro_f1": per_file.macro_f1,
+        "file_macro_f1_interval": list(interval),
         "accuracy": window.accuracy,
         "file_accuracy": per_file.accuracy,
         "per_class": window.per_class,

@@ -120,6 +120,21 @@ def file_level(probabilities: np.ndarray, file_ids: np.ndarray) -> tuple[np.ndar
     return unique_sorted[order], sums / counts[:, None]
 
 
+def bootstrap_macro_f1(
+    y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str], resamples: int = 1000, seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the macro-F1 over the scored items (files):
+    how much the figure could move with another draw of equally many recordings.
+    With a few validation files per species it is wide, and it says so."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(y_true), size=(resamples, len(y_true)))
+    values = np.array([classification_report(y_true[d], y_pred[d], class_names).macro_f1 for d in draws])
+    tail = (1.0 - level) / 2
+    return float(np.quantile(values, tail)), float(np.quantile(values, 1.0 - tail))
+
+
 def rejection_accuracy(is_rejected: np.ndarray) -> float:
     """Share of outlier (unknown-class) windows rejected as unknown (paper, Table II).
 

@@ -27,7 +27,8 @@ from safetensors.torch import save as save_safetensors
 
 from fieldmon.features import FeatureSettings, check_same_settings
 from fieldmon.fileio import atomic_write
-from fieldmon.model.network import MLPClassifier, MultiscaleCNN, NetworkSettings
+from fieldmon.model.network import MLPClassifier
+from fieldmon.model.networks import LEGACY_NETWORK, build_network, network_kind
 from fieldmon.model.openset import OpenSetParams
 
 FORMAT = "fieldmon-model"
@@ -56,7 +57,7 @@ class Prediction:
 
 @dataclass
 class ModelBundle:
-    network: MultiscaleCNN
+    network: torch.nn.Module  # a network of fieldmon.model.networks
     class_names: list[str]
     feature_settings: FeatureSettings = field(default_factory=FeatureSettings)
     classifier: MLPClassifier | None = None  # None when the network itself classifies
@@ -144,6 +145,7 @@ class ModelBundle:
             "model_id": self.model_id,
             "name": self.name,
             "loss": self.loss,
+            "network": network_kind(self.network),
             "class_names": list(self.class_names),
             "feature_settings": self.feature_settings.to_dict(),
             "network_settings": self.network.settings.to_dict(),
@@ -183,9 +185,10 @@ class ModelBundle:
     @classmethod
     def _from_parts(cls, meta: dict, tensors: dict[str, torch.Tensor]) -> ModelBundle:
         class_names = list(meta["class_names"])
-        network_settings = NetworkSettings.from_dict(meta["network_settings"])
         crossentropy = meta["loss"] == "crossentropy"
-        network = MultiscaleCNN(network_settings, n_classes=len(class_names) if crossentropy else None)
+        network = build_network(meta.get("network", LEGACY_NETWORK), meta["network_settings"],
+                                n_classes=len(class_names) if crossentropy else None)
+        network_settings = network.settings
         network.load_state_dict(_section(tensors, "network."), strict=True)
         classifier = None
         if meta["classifier"] is not None:
@@ -247,44 +250,17 @@ def read_metadata(directory: Path) -> dict:
     return meta
 
 
-PRECISIONS = ("fp32", "fp32-onnx", "int8", "bf16", "fp16")
-
-
 def resolve_model_path(model: str | os.PathLike) -> Path:
     """A path, or "default" for the model shipped inside the package."""
     if str(model) == DEFAULT_MODEL and not Path(model).exists():
-        return Path(str(resources.files("fieldmon") / "models" / DEFAULT_MODEL))
+        path = Path(str(resources.files("fieldmon") / "models" / DEFAULT_MODEL))
+        if not path.exists():
+            raise BundleError(
+                f"the default model is not installed with this copy of fieldmon ({path}); "
+                "pass --model DIR with a model trained by `fieldmon train`"
+            )
+        return path
     return Path(model)
-
-
-def load_model(model: str | os.PathLike = DEFAULT_MODEL, precision: str = "fp32") -> ModelBundle:
-    """``precision="int8"``: the bundle's quantised trunk on ONNX Runtime; ``"fp32-onnx"``:
-    its fp32 trunk on ONNX Runtime, same numbers, faster on CPU (both CPU only; see
-    fieldmon.model.int8). ``"bf16"``, ``"fp16"``: the trunk under torch.autocast, for GPUs
-    (fieldmon.model.autocast)."""
-    path = resolve_model_path(model)
-    if str(model) == DEFAULT_MODEL and not path.exists():
-        raise BundleError(
-            f"the default model is not installed with this copy of fieldmon ({path}); "
-            "pass --model DIR with a model trained by `fieldmon train`"
-        )
-    bundle = ModelBundle.load(path)
-    if precision == "fp32":
-        return bundle
-    if precision == "fp32-onnx":
-        from fieldmon.fileio import user_cache_dir
-        from fieldmon.model.int8 import with_onnx_fp32_trunk
-
-        return with_onnx_fp32_trunk(bundle, user_cache_dir() / "onnx")
-    if precision == "int8":
-        from fieldmon.model.int8 import with_int8_trunk
-
-        return with_int8_trunk(bundle, path)
-    from fieldmon.model.autocast import AUTOCAST_PRECISIONS, with_autocast_trunk
-
-    if precision not in AUTOCAST_PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-    return with_autocast_trunk(bundle, precision)
 
 
 def _section(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

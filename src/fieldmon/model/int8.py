@@ -46,7 +46,6 @@ from fieldmon.model.bundle import JSON_NAME, BundleError, ModelBundle, read_meta
 
 INT8_NAME = "model.int8.onnx"
 INT8_SUFFIX = "+int8"
-ONNX_PRECISIONS = ("fp32-onnx", "int8")  # CPU only
 EXACT_TOLERANCE = 1e-4  # fp32-onnx against torch, on pooled maps of order 1
 
 

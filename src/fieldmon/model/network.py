@@ -183,3 +183,30 @@ class MLPClassifier(nn.Module):
 
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def count_flops(module: nn.Module, input_shape: tuple[int, ...] = (3, 40, 200)) -> int:
+    """Floating-point operations of one forward pass of one window, counting a
+    multiply-add as two, over the convolutions and dense layers (normalisation,
+    activations and pooling are a fraction of a percent here)."""
+    total = 0
+
+    def count(layer: nn.Module, _inputs, output: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(layer, nn.Conv2d):
+            kh, kw = layer.kernel_size
+            total += 2 * output.numel() * (layer.in_channels // layer.groups) * kh * kw
+        else:
+            total += 2 * output.numel() * layer.in_features
+
+    hooks = [m.register_forward_hook(count) for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    training = module.training
+    try:
+        module.eval()
+        with torch.no_grad():
+            module(torch.zeros(1, *input_shape))
+    finally:
+        module.train(training)
+        for hook in hooks:
+            hook.remove()
+    return total

@@ -47,11 +47,20 @@ class ScanOutput:
         return "local_time" if self.detections["local_time"].notna().any() else "start_time"
 
 
+def species_key(name: str) -> str:
+    """How a species name is matched: without spaces, underscores or case ('Kikihia muta'
+    finds 'Kikihiamuta')."""
+    return "".join(name.replace("_", " ").split()).lower()
+
+
 def read_scan(path: str | Path) -> ScanOutput:
     path = Path(path)
     if not path.is_dir() or not list(path.glob("part-*.parquet")):
         raise FileNotFoundError(f"{path}: not a fieldmon detections output (no part-*.parquet inside)")
     detections = pd.read_parquet(path)
+    if "score" not in detections.columns or "label" not in detections.columns:
+        hint = " (it is the per-file table; pass the detections output beside it)" if "status" in detections else ""
+        raise ValueError(f"{path}: not a fieldmon detections table{hint}")
     files_path = files_table_path(path)
     files = pd.read_parquet(files_path) if files_path.is_dir() else pd.DataFrame()
     meta_file = path / META_DIR / "scan.json"
@@ -67,7 +76,8 @@ def apply_filters(output: ScanOutput, filters: Filters) -> ScanOutput:
     d = output.detections
     keep = d["score"] >= filters.min_score
     if filters.species:
-        keep &= d["label"].isin(filters.species) | (d["label"] == UNKNOWN)
+        wanted = {species_key(name) for name in filters.species}
+        keep &= d["label"].map(species_key).isin(wanted) | (d["label"] == UNKNOWN)
     if filters.sites:
         keep &= d["site"].isin(filters.sites)
     when = naive_times(d[output.time_column])
@@ -79,6 +89,18 @@ def apply_filters(output: ScanOutput, filters: Filters) -> ScanOutput:
     if filters.sites and len(files):
         files = files[files["site"].isin(filters.sites)]
     return ScanOutput(d[keep].reset_index(drop=True), files, output.metadata)
+
+
+def unmatched_filters(output: ScanOutput, filters: Filters) -> list[str]:
+    """Filter values that match nothing in the scan, said in words."""
+    problems = []
+    labels = {species_key(label) for label in output.detections["label"].unique()}
+    for name in filters.species:
+        if species_key(name) not in labels:
+            problems.append(f"--species {name!r} matches no species in this scan")
+    sites = set(output.detections["site"].dropna().unique())
+    problems += [f"--site {site!r} matches no site in this scan" for site in filters.sites if site not in sites]
+    return problems
 
 
 def naive_times(times: pd.Series) -> pd.Series:

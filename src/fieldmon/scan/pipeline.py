@@ -19,9 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from fieldmon.audio import WindowBatch
-from fieldmon.model.bundle import ModelBundle, load_model
-from fieldmon.model.autocast import AUTOCAST_PRECISIONS
-from fieldmon.model.int8 import ONNX_PRECISIONS
+from fieldmon.model.bundle import ModelBundle
+from fieldmon.model.loading import PRECISIONS, load_model
 from fieldmon.outputs.store import DetectionStore
 from fieldmon.scan.discovery import Recording
 from fieldmon.scan.stages import (
@@ -76,12 +75,12 @@ def scan(
         raise ValueError(f"unknown engine {options.engine!r}: use local or ray")
     if options.engine == "ray" and isinstance(model, ModelBundle):
         raise ValueError("the Ray engine loads the model on its workers: pass the model's name or path")
-    on_onnx = options.precision in ONNX_PRECISIONS
+    on_onnx = PRECISIONS.get(options.precision) == "cpu"
     device = resolve_device("cpu" if on_onnx and options.device == "auto" else options.device)
     if on_onnx and device.type != "cpu":
         raise ValueError(f"--precision {options.precision} runs on the CPU; use --device cpu "
                          "(on a GPU, use fp32, bf16 or fp16)")
-    if options.precision in AUTOCAST_PRECISIONS and device.type != "cuda" and options.engine == "local":
+    if PRECISIONS.get(options.precision) == "cuda" and device.type != "cuda" and options.engine == "local":
         raise ValueError(f"--precision {options.precision} is for GPUs, and this scan runs on the CPU; "
                          "there, use fp32-onnx or int8")
     if isinstance(model, ModelBundle):

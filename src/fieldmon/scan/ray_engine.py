@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fieldmon.model.autocast import AUTOCAST_PRECISIONS
+from fieldmon.model.loading import PRECISIONS
 from fieldmon.model.bundle import DEFAULT_MODEL
 from fieldmon.outputs.store import META_DIR
 from fieldmon.scan.discovery import Recording
@@ -117,9 +117,9 @@ def plan_placement(resources: dict, options) -> Placement:
     every CPU starves the decode tasks and the job hangs without an error."""
     cpus, gpus = float(resources.get("CPU", 0)), int(resources.get("GPU", 0))
     ray_options = options.ray
-    if gpus and options.device != "cpu" and options.precision in ("fp32", *AUTOCAST_PRECISIONS):
+    if gpus and options.device != "cpu" and PRECISIONS.get(options.precision) in ("any", "cuda"):
         return Placement(ray_options.actors or gpus, ray_options.actor_cpus or 1.0, 1, 1, "cuda")
-    if options.precision in AUTOCAST_PRECISIONS:
+    if PRECISIONS.get(options.precision) == "cuda":
         raise ValueError(f"--precision {options.precision} runs on GPUs: the Ray cluster has none, "
                          "or --device cpu was given")
     if options.device not in ("auto", "cpu"):
@@ -154,7 +154,7 @@ class _ModelActor:
     def __init__(self, model: str, precision: str, device: str, threads: int, embeddings: bool) -> None:
         import torch
 
-        from fieldmon.model.bundle import load_model
+        from fieldmon.model.loading import load_model
         from fieldmon.scan.stages import WindowPredictor
 
         torch.set_num_threads(threads)

@@ -14,16 +14,19 @@ import torch
 from fieldmon.evaluation.evaluate import evaluate_windows
 from fieldmon.features import FeatureSettings
 from fieldmon.fileio import atomic_write
-from fieldmon.model.bundle import ModelBundle, load_model, resolve_model_path
-from fieldmon.model.network import DenseHead, MultiscaleCNN, NetworkSettings
+from fieldmon.model.bundle import ModelBundle, resolve_model_path
+from fieldmon.model.loading import load_model
+from fieldmon.model.network import DenseHead
+from fieldmon.model.networks import build_network, network_kind, settings_class
 from fieldmon.model.openset import fit_open_set
 from fieldmon.provenance import provenance
+from fieldmon.train.baseline import baseline_scores
 from fieldmon.train.cache import EVALUATION_HOP_SECONDS, FeatureCache, WindowSet, build_window_set
 from fieldmon.train.classifier import train_mlp
 from fieldmon.train.dataset import ClipSet, DatasetError, assign_splits, load_clips
 from fieldmon.train.loop import StepReport, TrainingData, TrainingLoop, as_inputs, read_checkpoint_meta
 from fieldmon.train.settings import TrainSettings
-from fieldmon.tuning import keep_freed_memory, resolve_device
+from fieldmon.tuning import describe_device, keep_freed_memory, resolve_device
 
 CHECKPOINT_DIR = "checkpoint"
 SPLIT_FILE = "split.csv"
@@ -57,33 +60,40 @@ def train(
     cache_dir: str | Path | None = None,
     resume: bool = False,
     callbacks: TrainCallbacks | None = None,
-    network_settings: NetworkSettings | None = None,
+    network_settings=None,
 ) -> ModelBundle:
     """Train and write a model bundle to ``out``; see ``fieldmon train --help``.
 
-    ``network_settings`` changes the architecture (the default is the paper's);
-    with ``base`` the base model's network is used."""
+    The network is ``settings.network``; ``network_settings`` (a settings object of
+    that network) changes its layout. With ``base`` the base model's network and
+    weights are the start, and the whole network is trained (only its dense head on
+    cached trunk outputs with ``settings.freeze_trunk``)."""
     cb = callbacks or TrainCallbacks()
     out = Path(out)
     checkpoint_dir = out / CHECKPOINT_DIR
     if resume:
         # The checkpoint's settings win; only the budget may be changed (to extend a run).
         saved = TrainSettings.from_dict(read_checkpoint_meta(checkpoint_dir)["settings"])
-        settings = saved if settings is None else saved.with_budget(settings.steps, settings.epochs)
+        settings = saved if settings is None else saved.with_budget(settings)
     elif settings is None:
         raise ValueError("settings (with a budget) are needed unless resuming")
     elif (checkpoint_dir / "state.json").exists():
         raise FileExistsError(f"{out} holds a training checkpoint; pass --resume to continue it or choose another --out")
     torch_device = resolve_device(device)
+    out.mkdir(parents=True, exist_ok=True)  # a folder that cannot be written fails now, not after training
     if torch_device.type == "cpu":
         keep_freed_memory()
 
     clips = prepare_clips(clips_source, settings.seed)
     if cb.clips_found:
         cb.clips_found(clips)
+    for warning in clips.warnings:
+        cb.message(f"warning: {warning}")
     class_names = clips.class_names
 
     base_bundle = load_model(base) if base is not None else None
+    if base_bundle is not None:
+        settings = replace(settings, network=network_kind(base_bundle.network))
     feature_settings = base_bundle.feature_settings if base_bundle else FeatureSettings()
     cache_dir = Path(cache_dir) if cache_dir else None
     train_cache = FeatureCache(cache_dir, feature_settings, settings.hop_seconds)
@@ -102,18 +112,30 @@ def train(
     splits = {"train": train_set, "validation": held_out.in_split("validation"), "test": held_out.in_split("test")}
     val_set, test_set = splits["validation"], splits["test"]
     _check_species_remain(class_names, train_set, val_set)
+    baseline = {}
+    if settings.baseline:
+        cb.message("fitting the shallow baseline (log-Mel and MFCC statistics, logistic regression)")
+        baseline = baseline_scores({name: clips.in_split(name) for name in ("train", "validation", "test")},
+                                   class_names, feature_settings, settings.hop_seconds, EVALUATION_HOP_SECONDS,
+                                   settings.seed)
+        cb.message(f"baseline: validation macro-F1 per file {baseline['validation']['file_macro_f1']:.3f}, "
+                   f"per window {baseline['validation']['macro_f1']:.3f}")
     module, inputs = _module_and_inputs(settings, splits, len(class_names), base_bundle, network_settings,
                                         torch_device, cb)
     data = TrainingData(inputs["train"], torch.from_numpy(train_set.labels), inputs["validation"],
-                        torch.from_numpy(val_set.labels), len(class_names), torch.from_numpy(train_set.clip_index))
+                        torch.from_numpy(val_set.labels), len(class_names), torch.from_numpy(train_set.clip_index),
+                        torch.from_numpy(val_set.clip_index))
     loop = TrainingLoop(module, data, settings, torch_device, checkpoint_dir, cb.step, cb.message)
     if resume:
         loop.load_checkpoint()
         cb.message(f"resumed at step {loop.state.step}")
     state = loop.run()
     if state.interrupted:
-        raise KeyboardInterrupt
-    module.load_state_dict(loop.best_weights)
+        cb.message("stopped early: the model is written from the best weights so far; "
+                   "--resume with the same --out continues the training")
+    elif state.out_of_time:
+        cb.message(f"time budget reached after {state.step} steps")
+    loop.restore_best()
     module.eval()
     cb.message(f"selected the weights of step {state.best_step} (validation macro-F1 {state.best_metric:.3f})")
     weight_change = loop.weight_change(loop.best_weights)
@@ -139,16 +161,31 @@ def train(
     for name, split in (("validation", val_set), ("test", test_set)):
         if len(split.labels):
             metrics[name] = _summary(evaluate_windows(bundle, split.features, split.labels, split.clip_index))
+    if baseline:
+        metrics["baseline"] = {"method": "log-Mel and MFCC statistics per window, logistic regression", **baseline}
     bundle.metrics = metrics
+    if "validation" in metrics:
+        val = metrics["validation"]
+        low, high = val["file_macro_f1_interval"]
+        compared = f"; shallow baseline {baseline['validation']['file_macro_f1']:.3f}" if baseline else ""
+        cb.message(f"validation macro-F1 per file {val['file_macro_f1']:.3f} ({val['files']} files, 95 % bootstrap "
+                   f"interval {low:.2f}-{high:.2f}{compared}), per window {val['macro_f1']:.3f}")
+        if val["files"] < 2 * len(class_names):
+            cb.message(f"note: {val['files']} validation files for {len(class_names)} species; the validation "
+                       "files also chose the weights, so this estimate is optimistic and uncertain; score the "
+                       "model on clips it has never seen with fieldmon evaluate")
     bundle.training = {
+        "network": settings.network,
         "settings": settings.to_dict(),
         "steps_done": state.step,
+        "wall_seconds": round(state.seconds, 1),
         "minibatches_done": state.minibatch,
         "final_margin": state.margin.value if settings.loss == "triplet" else None,
         "converged": state.converged,
         "weight_change": weight_change,
-        "device": str(torch_device),
+        "device": describe_device(torch_device),
         "base_model": base_bundle.model_id if base_bundle else None,
+        "trained": "dense head only (frozen trunk)" if base_bundle and settings.freeze_trunk else "whole network",
         "clips": {name: split.clip_count() for name, split in splits.items()},
         "clips_left_out": left_out,
         "windows": {"train": len(train_set.labels), "validation": len(val_set.labels), "test": len(test_set.labels)},
@@ -176,48 +213,58 @@ def _module_and_inputs(
     splits: dict[str, WindowSet],
     n_classes: int,
     base: ModelBundle | None,
-    network_settings: NetworkSettings | None,
+    network_settings,
     device: torch.device,
     cb: TrainCallbacks,
 ) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
-    """What the loop trains, and on what: the whole CNN on feature windows, or with
-    ``base`` only a fresh dense head on the base trunk's (cached) outputs."""
+    """What the loop trains, and on what: the whole CNN on feature windows (fresh, or
+    from ``base``), or with ``freeze_trunk`` a fresh dense head on the base trunk's
+    (cached) outputs."""
     torch.manual_seed(settings.seed)
+    if base is not None and settings.loss != "triplet":
+        raise ValueError("--base trains an embedding network with the triplet loss; --loss crossentropy does not apply")
+    if base is not None and not settings.freeze_trunk:
+        network = build_network(settings.network, _with_dropout(base.network.settings, settings))
+        network.load_state_dict(base.network.state_dict())
+        return network, {name: as_inputs(split.features) for name, split in splits.items()}
     if base is None:
         inputs = {name: as_inputs(split.features) for name, split in splits.items()}
         n_outputs = n_classes if settings.loss == "crossentropy" else None
-        network = _with_dropout(network_settings or NetworkSettings(), settings)
-        return MultiscaleCNN(network, n_classes=n_outputs), inputs
-    if settings.loss != "triplet":
-        raise ValueError("--base trains the embedding head with the triplet loss; --loss crossentropy does not apply")
+        expected = settings_class(settings.network)
+        if network_settings is not None and not isinstance(network_settings, expected):
+            raise ValueError(f"network_settings must be {expected.__name__} for network {settings.network!r}")
+        network = _with_dropout(network_settings or expected(), settings)
+        return build_network(settings.network, network, n_classes=n_outputs), inputs
     trunk = base.network.trunk.to(device).eval()
     cb.message(f"computing trunk outputs of base model {base.model_id}")
-    inputs = {name: _trunk_outputs(trunk, split.features, device) for name, split in splits.items()}
     net = _with_dropout(base.network.settings, settings)
+    inputs = {name: _trunk_outputs(trunk, split.features, device, net.trunk_dim) for name, split in splits.items()}
     return DenseHead(net, net.embedding_dim, normalize=True), inputs
 
 
-def _with_dropout(network: NetworkSettings, settings: TrainSettings) -> NetworkSettings:
+def _with_dropout(network, settings: TrainSettings):
     return network if settings.dropout is None else replace(network, dropout=settings.dropout)
 
 
-def _full_network(module: torch.nn.Module, base: ModelBundle | None, settings: TrainSettings) -> MultiscaleCNN:
-    if base is None:
+def _full_network(module: torch.nn.Module, base: ModelBundle | None, settings: TrainSettings) -> torch.nn.Module:
+    if base is None or not settings.freeze_trunk:
         return module
-    network = MultiscaleCNN(_with_dropout(base.network.settings, settings))
+    network = build_network(settings.network, _with_dropout(base.network.settings, settings))
     network.trunk.load_state_dict(base.network.trunk.state_dict())
     network.head.load_state_dict(module.state_dict())
     return network
 
 
-def _trunk_outputs(trunk: torch.nn.Module, features: np.ndarray, device: torch.device, batch: int = 64) -> torch.Tensor:
+def _trunk_outputs(trunk: torch.nn.Module, features: np.ndarray, device: torch.device, dim: int,
+                   batch: int = 64) -> torch.Tensor:
     with torch.no_grad():
         parts = [trunk(torch.from_numpy(features[i : i + batch]).to(device)).cpu() for i in range(0, len(features), batch)]
-    return torch.cat(parts) if parts else torch.zeros(0, trunk.layers[0].out_channels)
+    return torch.cat(parts) if parts else torch.zeros(0, dim)
 
 
 def _summary(result: dict) -> dict:
-    keys = ("windows", "files", "macro_f1", "file_macro_f1", "accuracy", "macro_f1_with_rejection", "known_rejected")
+    keys = ("windows", "files", "macro_f1", "file_macro_f1", "file_macro_f1_interval", "accuracy",
+            "macro_f1_with_rejection", "known_rejected")
     return {k: result[k] for k in keys if k in result}
 
 

@@ -11,7 +11,7 @@ import csv
 import hashlib
 import json
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,13 @@ from fieldmon.audio import is_audio_file
 
 SPLITS = ("train", "validation", "test")
 PAPER_SPLIT = (0.50, 0.15, 0.35)
+# Below this many clips a species gets no test split: one clip (two from 7 clips on)
+# checks the model, the rest train it. A 35 % test split of 5 clips would leave 2 to
+# learn from, and a score on 1-2 test files says little anyway.
+FEW_CLIPS = 10
+# Fewer clips than this per species still train, with a warning that the validation
+# estimate rests on a single recording.
+RELIABLE_CLIPS = 5
 
 
 class DatasetError(Exception):
@@ -43,6 +50,7 @@ class Clip:
 class ClipSet:
     clips: list[Clip]
     source: Path
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def class_names(self) -> list[str]:
@@ -149,7 +157,12 @@ def _from_manifest(manifest: Path, problems: list[str]) -> list[Clip]:
 
 def assign_splits(clips: ClipSet, seed: int, fractions: tuple[float, float, float] = PAPER_SPLIT) -> ClipSet:
     """Stratified split by file (never by window, so windows of one recording never
-    straddle two splits). A manifest's own split is kept as given."""
+    straddle two splits). A manifest's own split is kept as given.
+
+    Species with at least FEW_CLIPS clips are split by ``fractions`` (the paper's
+    50/15/35 %); species with fewer give one validation clip (two from 7 on) and no
+    test clip, and below RELIABLE_CLIPS a warning. One clip is not enough: nothing
+    would be left to check the model with."""
     given = [c.split is not None for c in clips.clips]
     if all(given):
         _check_given_split(clips)
@@ -160,23 +173,29 @@ def assign_splits(clips: ClipSet, seed: int, fractions: tuple[float, float, floa
     by_label: dict[str, list[Clip]] = defaultdict(list)
     for clip in clips.clips:
         by_label[clip.label].append(clip)
-    problems, out = [], []
+    problems, warnings, out = [], [], []
     for label in sorted(by_label):
         files = by_label[label]
-        if len(files) < 3:
-            problems.append(
-                f"species {label!r} has {len(files)} clip(s); the train/validation/test split needs at least 3"
-            )
+        n = len(files)
+        if n < 2:
+            problems.append(f"species {label!r} has 1 clip; it needs at least 2: one to train on, one to check with")
             continue
-        order = rng.permutation(len(files))
-        n_val = max(1, round(fractions[1] * len(files)))
-        n_train = max(1, min(len(files) - n_val - 1, round(fractions[0] * len(files))))
+        if n < RELIABLE_CLIPS:
+            warnings.append(f"species {label!r} has only {n} clips: its validation score rests on one recording "
+                            f"(at least {RELIABLE_CLIPS} per species give a usable estimate)")
+        order = rng.permutation(n)
+        if n >= FEW_CLIPS:
+            n_val = max(1, round(fractions[1] * n))
+            n_train = max(1, min(n - n_val - 1, round(fractions[0] * n)))
+        else:
+            n_val = 1 if n < 7 else 2
+            n_train = n - n_val
         for rank, i in enumerate(order):
             split = "train" if rank < n_train else "validation" if rank < n_train + n_val else "test"
             out.append(Clip(files[i].path, label, split, files[i].seconds))
     if problems:
         raise DatasetError(problems)
-    return ClipSet(sorted(out, key=lambda c: (c.label, str(c.path))), clips.source)
+    return ClipSet(sorted(out, key=lambda c: (c.label, str(c.path))), clips.source, warnings)
 
 
 def _check_given_split(clips: ClipSet) -> None:

@@ -5,8 +5,9 @@ The loop is generic over the trained module and its inputs: the full multiscale 
 on feature windows, or (``--base``) only the dense head on cached trunk outputs.
 
 Resume is exact because nothing random carries state across steps: mini-batch ``i``
-is drawn from a generator seeded with (seed, i), and torch's generator (dropout) is
-reseeded from (seed, step) before every update. A checkpoint holds the weights, the
+is drawn from a generator seeded with (seed, i), and torch's generator (dropout,
+augmentation) is reseeded from (seed, step) before every update; the learning rate
+is a function of the step. A checkpoint holds the weights, the
 optimiser state, the margin schedule, the best weights so far and, in the paper's
 triplet-batch variant, the triplets still pending from the current mini-batch.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,15 +27,24 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from fieldmon.evaluation.metrics import classification_report
+from fieldmon.evaluation.metrics import classification_report, file_level
 from fieldmon.fileio import atomic_write
 from fieldmon.signals import StopRequest
+from fieldmon.train.augment import augment
 from fieldmon.train.sampler import ClassBalancedSampler
 from fieldmon.train.settings import TrainSettings
 from fieldmon.train.triplet import DynamicMargin, semi_hard_triplets, triplet_loss
 
 CHECKPOINT_WEIGHTS = "state.safetensors"
 CHECKPOINT_STATE = "state.json"
+# Class means for model selection come from at most this many training windows
+# (evenly spaced): embedding all of them at every check cost a quarter of the time.
+SELECTION_WINDOWS = 1024
+# Softmax temperature over negative squared distances to the class means, for the
+# per-file mean of window scores (unit embeddings: squared distances lie in [0, 4]).
+NEAREST_MEAN_TEMPERATURE = 0.05
+# Steps timed before a time budget's schedule is fixed (the first is slower: allocation).
+PACE_STEPS = 5
 
 
 @dataclass
@@ -44,6 +55,12 @@ class TrainingData:
     val_labels: torch.Tensor
     n_classes: int
     clips: torch.Tensor | None = None  # the clip each training window was cut from
+    val_clips: torch.Tensor | None = None  # the clip of each validation window (per-file scores)
+
+    @property
+    def are_features(self) -> bool:
+        """Feature windows (augmentable), rather than trunk outputs (``--base``)."""
+        return self.inputs.ndim == 4
 
 
 @dataclass
@@ -56,6 +73,9 @@ class StepReport:
     margin: float | None
     semi_hard: int | None
     seconds_per_step: float
+    elapsed_seconds: float = 0.0
+    time_budget_seconds: float | None = None
+    validation: float | None = None  # the latest validation check's selection metric
 
 
 @dataclass
@@ -70,6 +90,9 @@ class LoopState:
     history: list[dict] = field(default_factory=list)
     converged: bool = False
     interrupted: bool = False
+    seconds: float = 0.0  # wall time of the loop, over every resumed run
+    planned_steps: int | None = None  # schedule length fitted to a time budget
+    out_of_time: bool = False
 
 
 class TrainingLoop:
@@ -97,23 +120,54 @@ class TrainingLoop:
         self.sampler = ClassBalancedSampler(
             data.labels.numpy(), settings.windows_per_class, settings.batch_size, settings.seed, clips
         )
-        params = [p for p in module.parameters() if p.requires_grad]
-        if self.triplet:
-            self.optimizer = torch.optim.Adagrad(
-                params, lr=settings.learning_rate, weight_decay=settings.weight_decay,
-                initial_accumulator_value=settings.adagrad_initial_accumulator,
-            )
-        else:
-            self.optimizer = torch.optim.Adam(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+        self.optimizer = make_optimizer([p for p in module.parameters() if p.requires_grad], settings)
+        self.augment = tuple(settings.augment) if data.are_features else ()
         s = settings
         self.state = LoopState(
             margin=DynamicMargin(s.margin_start, s.margin_step, s.margin_max, s.margin_threshold, s.margin_patience)
         )
         self.best_weights = copy.deepcopy(module.state_dict())
+        # With settings.average: an exponential moving average of the weights (and batch
+        # normalisation statistics), which is what is validated, selected and kept.
+        self.averaged = copy.deepcopy(module).eval() if settings.average else None
         # The module arrives freshly initialised (seeded), also when resuming: the
         # checkpoint is loaded afterwards.
         self.initial_weights = copy.deepcopy(module.state_dict())
         self.total_minibatches = None if s.epochs is None else s.epochs * self.sampler.batches_per_epoch()
+        self.selection_index = _evenly_spaced_per_class(data.labels.numpy(), SELECTION_WINDOWS // data.n_classes)
+
+    def planned_steps(self) -> int | None:
+        """Length of the learning-rate schedule: the step budget, the epochs' steps, or
+        what the time budget allows at the measured pace."""
+        s = self.settings
+        if s.steps is not None:
+            return s.steps
+        return self.total_minibatches if s.epochs is not None else self.state.planned_steps
+
+    def _plan_for_time_budget(self, step_seconds: list[float], check_seconds: float) -> None:
+        """Fit the schedule to the time budget once a few steps have been timed: the
+        median step, plus the validation checks' share."""
+        st, s = self.state, self.settings
+        if s.time_budget_seconds is None or s.steps is not None or s.epochs is not None or st.planned_steps:
+            return
+        if len(step_seconds) < PACE_STEPS:
+            return
+        pace = float(np.median(step_seconds)) + check_seconds / s.eval_every
+        st.planned_steps = max(st.step + 1, st.step + int((s.time_budget_seconds - st.seconds) / pace))
+        self.on_message(f"{pace:.2f} s per step with validation: about {st.planned_steps} steps fit the "
+                        f"{s.time_budget_seconds / 60:.0f}-minute budget")
+
+    def learning_rate(self, step: int) -> float:
+        """Linear warm-up over ``warmup_steps``, then constant or a half cosine to zero."""
+        s = self.settings
+        lr = s.learning_rate
+        total = self.planned_steps()
+        if s.schedule == "cosine" and total:
+            progress = min(1.0, max(0.0, (step - s.warmup_steps) / max(1, total - s.warmup_steps)))
+            lr *= 0.5 * (1.0 + math.cos(math.pi * progress))
+        if step < s.warmup_steps:
+            lr *= (step + 1) / s.warmup_steps
+        return lr
 
     # -- the loop ------------------------------------------------------------
 
@@ -121,24 +175,38 @@ class TrainingLoop:
         s, st = self.settings, self.state
         if st.converged:
             return True
+        if s.time_budget_seconds is not None and st.seconds >= s.time_budget_seconds:
+            st.out_of_time = True
+            return True
+        if s.steps is None and s.epochs is None:
+            return False
         if s.steps is not None:
             return st.step >= s.steps
         return st.minibatch >= self.total_minibatches and (st.pending is None or len(st.pending) == 0)
 
     def run(self) -> LoopState:
+        started = time.perf_counter()
+        if not self.state.history:
+            self.select()  # the untrained network: the reference every later check is compared with
+        check_seconds = time.perf_counter() - started
+        self.state.seconds += check_seconds
+        step_seconds: list[float] = []
         with StopRequest() as stop:
             while not self.done():
                 started = time.perf_counter()
                 loss, count = self._step()
                 self.state.step += 1
+                step_seconds.append(time.perf_counter() - started)
+                self._plan_for_time_budget(step_seconds, check_seconds)
                 if self.on_step:
-                    self.on_step(self._report(loss, count, time.perf_counter() - started))
+                    self.on_step(self._report(loss, count, step_seconds[-1]))
                 if self.state.step % self.settings.eval_every == 0:
                     self.select()
+                self.state.seconds += time.perf_counter() - started
                 if stop.requested:
                     self.state.interrupted = True
                     self.save_checkpoint()
-                    self.on_message(f"stopped at step {self.state.step}; checkpoint saved, continue with --resume")
+                    self.on_message(f"stopped at step {self.state.step}; checkpoint saved")
                     return self.state
                 if self.state.step % self.settings.checkpoint_every == 0:
                     self.save_checkpoint()
@@ -149,6 +217,8 @@ class TrainingLoop:
 
     def _step(self) -> tuple[float, int | None]:
         torch.manual_seed(self.settings.seed * 1_000_003 + self.state.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.learning_rate(self.state.step)
         self.module.train()
         if not self.triplet:
             return self._crossentropy_step(), None
@@ -161,14 +231,45 @@ class TrainingLoop:
         self.state.minibatch += 1
         return indices
 
+    def _inputs(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.data.inputs[idx]
+        if self.augment:
+            generator = torch.Generator().manual_seed(self.settings.seed * 1_000_003 + self.state.step)
+            x = augment(x, self.augment, generator)
+        return x.to(self.device)
+
     def _update(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+        if self.averaged is not None:
+            self._update_average()
+
+    @torch.no_grad()
+    def _update_average(self) -> None:
+        # The usual warm-up of the decay, so that the first steps' average is not
+        # mostly the random initialisation.
+        decay = min(self.settings.average, (1 + self.state.step) / (10 + self.state.step))
+        for average, current in zip(self.averaged.state_dict().values(), self.module.state_dict().values()):
+            if average.is_floating_point():
+                average.lerp_(current, 1.0 - decay)
+            else:
+                average.copy_(current)
+
+    def restore_best(self) -> None:
+        """The selected weights into the trained module, which from now on is the one
+        evaluated (the running average, if any, is done with)."""
+        self.module.load_state_dict(self.best_weights)
+        self.averaged = None
+
+    @property
+    def evaluated(self) -> nn.Module:
+        """The network that is validated and kept: the average when there is one."""
+        return self.averaged if self.averaged is not None else self.module
 
     def _crossentropy_step(self) -> float:
         idx = self._next_minibatch()
-        logits = self.module(self.data.inputs[idx].to(self.device))
+        logits = self.module(self._inputs(idx))
         loss = nn.functional.cross_entropy(logits, self.data.labels[idx].to(self.device))
         self._update(loss)
         return float(loss.detach())
@@ -187,7 +288,7 @@ class TrainingLoop:
     def _minibatch_triplet_step(self) -> tuple[float, int]:
         idx = self._next_minibatch()
         labels = self.data.labels[idx].to(self.device)
-        embeddings = self.module(self.data.inputs[idx].to(self.device))
+        embeddings = self.module(self._inputs(idx))
         triplets = semi_hard_triplets(embeddings.detach(), labels, self.state.margin.value)
         margin = self._record_count(len(triplets))  # Algorithm 1: count, margin update, then loss
         loss = triplet_loss(embeddings, triplets, margin)
@@ -202,7 +303,7 @@ class TrainingLoop:
             idx = self._next_minibatch()
             with torch.no_grad():
                 self.module.eval()
-                embeddings = self.module(self.data.inputs[idx].to(self.device))
+                embeddings = self.module(self._inputs(idx))
                 self.module.train()
             local = semi_hard_triplets(embeddings, self.data.labels[idx].to(self.device), st.margin.value).cpu()
             count = len(local)
@@ -212,51 +313,67 @@ class TrainingLoop:
                 return 0.0, 0  # an empty mini-batch counts as a step without an update
         chunk, st.pending = st.pending[: self.settings.triplet_batch], st.pending[self.settings.triplet_batch :]
         windows, inverse = torch.unique(chunk.flatten(), return_inverse=True)
-        embeddings = self.module(self.data.inputs[windows].to(self.device))
+        embeddings = self.module(self._inputs(windows))
         loss = triplet_loss(embeddings, inverse.view(-1, 3).to(self.device), st.margin.value)
         self._update(loss)
         return float(loss.detach()), count
 
     def _report(self, loss: float, count: int | None, seconds: float) -> StepReport:
         st = self.state
+        total = self.settings.steps if self.settings.epochs is None else None
         return StepReport(
-            st.step, self.settings.steps, st.minibatch, self.total_minibatches, loss,
-            st.margin.value if self.triplet else None, count, seconds,
+            st.step, total or st.planned_steps, st.minibatch, self.total_minibatches, loss,
+            st.margin.value if self.triplet else None, count, seconds, st.seconds + seconds,
+            self.settings.time_budget_seconds, st.history[-1]["val_macro_f1"] if st.history else None,
         )
 
     # -- model selection -----------------------------------------------------
 
     @torch.no_grad()
     def outputs(self, inputs: torch.Tensor, batch: int = 64) -> torch.Tensor:
-        self.module.eval()
-        out = [self.module(inputs[i : i + batch].to(self.device)).cpu() for i in range(0, len(inputs), batch)]
+        network = self.evaluated.eval()
+        out = [network(inputs[i : i + batch].to(self.device)).cpu() for i in range(0, len(inputs), batch)]
         return torch.cat(out) if out else torch.empty(0)
 
-    def validation_macro_f1(self) -> float:
-        """Triplet: nearest training-class mean of the embeddings (the geometry the
-        open-set rule relies on). Cross-entropy: the softmax prediction."""
+    def validation_scores(self) -> dict[str, float]:
+        """Validation macro-F1 per window and, with ``val_clips``, per file (the mean
+        of its windows' class scores). Triplet: nearest training-class mean of the
+        embeddings (the geometry the open-set rule relies on), class scores a softmax
+        over negative squared distances. Cross-entropy: the softmax prediction."""
         d = self.data
         val = self.outputs(d.val_inputs)
         if self.triplet:
-            train = self.outputs(d.inputs)
-            means = torch.stack([train[d.labels == c].mean(0) for c in range(d.n_classes)])
-            predicted = torch.cdist(val, means).argmin(dim=1)
+            train = self.outputs(d.inputs[self.selection_index])
+            labels = d.labels[self.selection_index]
+            means = torch.stack([train[labels == c].mean(0) for c in range(d.n_classes)])
+            scores = torch.softmax(-torch.cdist(val, means).square() / NEAREST_MEAN_TEMPERATURE, dim=1)
         else:
-            predicted = val.argmax(dim=1)
+            scores = torch.softmax(val, dim=1)
         names = [str(c) for c in range(d.n_classes)]
-        return classification_report(d.val_labels.numpy(), predicted.numpy(), names).macro_f1
+        truth = d.val_labels.numpy()
+        result = {"window": classification_report(truth, scores.argmax(1).numpy(), names).macro_f1}
+        if d.val_clips is not None:
+            files, file_scores = file_level(scores.numpy(), d.val_clips.numpy())
+            file_truth = np.array([truth[d.val_clips.numpy() == f][0] for f in files])
+            result["file"] = classification_report(file_truth, file_scores.argmax(1), names).macro_f1
+        return result
 
     def select(self) -> None:
+        """Keep the weights if their validation macro-F1 per file (per window without
+        clip indices) is the best so far."""
         st = self.state
-        metric = self.validation_macro_f1()
-        moved = self.weight_change(self.module.state_dict())
-        st.history.append({"step": st.step, "val_macro_f1": metric, "margin": st.margin.value, "weight_change": moved})
+        scores = self.validation_scores()
+        metric = scores.get("file", scores["window"])
+        moved = self.weight_change(self.evaluated.state_dict())
+        st.history.append({"step": st.step, "val_macro_f1": metric, "val_macro_f1_window": scores["window"],
+                           "margin": st.margin.value, "weight_change": moved})
         if metric > st.best_metric:
             st.best_metric, st.best_step = metric, st.step
-            self.best_weights = copy.deepcopy(self.module.state_dict())
+            self.best_weights = copy.deepcopy(self.evaluated.state_dict())
+        per = "per file" if "file" in scores else "per window"
         self.on_message(
-            f"step {st.step}: validation macro-F1 {metric:.3f} (best {st.best_metric:.3f} at step {st.best_step}); "
-            f"weights {moved:.2%} from their initialisation"
+            f"step {st.step}: validation macro-F1 {per} {metric:.3f} (best {st.best_metric:.3f} at step "
+            f"{st.best_step}), per window {scores['window']:.3f}; weights {moved:.2%} from their initialisation"
         )
 
     def weight_change(self, weights: dict[str, torch.Tensor]) -> float:
@@ -275,6 +392,8 @@ class TrainingLoop:
         st = self.state
         tensors = {f"module.{k}": v for k, v in self.module.state_dict().items()}
         tensors.update({f"best.{k}": v for k, v in self.best_weights.items()})
+        if self.averaged is not None:
+            tensors.update({f"average.{k}": v for k, v in self.averaged.state_dict().items()})
         optim = self.optimizer.state_dict()
         for pid, pstate in optim["state"].items():
             for key, value in pstate.items():
@@ -291,6 +410,8 @@ class TrainingLoop:
             "best_step": st.best_step,
             "history": st.history,
             "converged": st.converged,
+            "seconds": st.seconds,
+            "planned_steps": st.planned_steps,
             "optimizer_param_groups": optim["param_groups"],
             "optimizer_state_keys": {str(pid): sorted(p) for pid, p in optim["state"].items()},
         }
@@ -306,6 +427,8 @@ class TrainingLoop:
         tensors = load_file(str(self.checkpoint_dir / CHECKPOINT_WEIGHTS))
         self.module.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("module.")})
         self.best_weights = {k[5:]: v.to(self.device) for k, v in tensors.items() if k.startswith("best.")}
+        if self.averaged is not None:
+            self.averaged.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("average.")})
         state = {
             int(pid): {key: tensors[f"optim.{pid}.{key}"] for key in keys}
             for pid, keys in meta["optimizer_state_keys"].items()
@@ -319,6 +442,8 @@ class TrainingLoop:
         st.best_metric, st.best_step = meta["best_metric"], meta["best_step"]
         st.history = meta["history"]
         st.converged = meta["converged"]
+        st.seconds = meta.get("seconds", 0.0)
+        st.planned_steps = meta.get("planned_steps")
         st.pending = tensors.get("pending")
 
 
@@ -327,6 +452,23 @@ def read_checkpoint_meta(directory: Path) -> dict:
     if not path.is_file() or not (Path(directory) / CHECKPOINT_WEIGHTS).is_file():
         raise FileNotFoundError(f"no checkpoint in {directory}")
     return json.loads(path.read_text())
+
+
+def make_optimizer(params: list[torch.nn.Parameter], settings: TrainSettings) -> torch.optim.Optimizer:
+    s = settings
+    if s.optimizer == "adagrad":
+        return torch.optim.Adagrad(params, lr=s.learning_rate, weight_decay=s.weight_decay,
+                                   initial_accumulator_value=s.adagrad_initial_accumulator)
+    optimizer = torch.optim.AdamW if s.optimizer == "adamw" else torch.optim.Adam
+    return optimizer(params, lr=s.learning_rate, weight_decay=s.weight_decay)
+
+
+def _evenly_spaced_per_class(labels: np.ndarray, per_class: int) -> torch.Tensor:
+    picks = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        picks.append(members[np.unique(np.linspace(0, len(members) - 1, max(1, per_class)).round().astype(int))])
+    return torch.from_numpy(np.sort(np.concatenate(picks)))
 
 
 def as_inputs(array: np.ndarray) -> torch.Tensor:

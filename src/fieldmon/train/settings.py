@@ -1,17 +1,29 @@
-"""Training settings, persisted in the checkpoint and the model bundle."""
+"""Training settings, persisted in the checkpoint and the model bundle.
+
+The defaults are the compact network's recipe (README, "Training"). The paper's own
+recipe for its network -- Adagrad at a constant lr 1e-3, dropout 0.5, no augmentation
+-- is ``PAPER_RECIPE``, which ``fieldmon train --network paper`` starts from.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from fieldmon.model.networks import NETWORKS
 from fieldmon.settings import settings_from_dict, settings_to_dict
+from fieldmon.train.augment import AUGMENTATIONS
 
 LOSSES = ("triplet", "crossentropy")
 TRIPLET_UPDATES = ("minibatch", "paper")
+OPTIMIZERS = ("adamw", "adagrad", "adam")
+SCHEDULES = ("cosine", "constant")
+# What --network paper trains with unless told otherwise: the paper's choices (II.B).
+PAPER_RECIPE = {"optimizer": "adagrad", "schedule": "constant", "warmup_steps": 0, "augment": ()}
 
 
 @dataclass(frozen=True)
 class TrainSettings:
+    network: str = "compact"
     loss: str = "triplet"
     # "minibatch" (default): one forward pass of the mini-batch, all its semi-hard
     # triplets in one loss, one update. "paper": the mined triplets are fed in
@@ -27,8 +39,13 @@ class TrainSettings:
     margin_max: float = 0.6
     margin_threshold: int = 15
     margin_patience: int = 3
-    # Adagrad for the triplet network (paper II.B); Adam for the cross-entropy
-    # baseline (paper III.C).
+    # The paper: Adagrad for the triplet network (II.B), Adam for the cross-entropy
+    # baseline (III.C), both at 1e-3. The compact recipe: AdamW for both, warmed up
+    # linearly over `warmup_steps` and then decayed along a half cosine to zero at the
+    # end of the budget.
+    optimizer: str = "adamw"
+    schedule: str = "cosine"
+    warmup_steps: int = 50
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
     # Adagrad's starting sum of squared gradients. 0.1 is the default of the Keras /
@@ -39,10 +56,17 @@ class TrainSettings:
     adagrad_initial_accumulator: float = 0.1
     steps: int | None = None
     epochs: int | None = None
+    # Wall-clock budget (validation checks included), alone or as a cap on steps/epochs.
+    # Alone, the learning-rate schedule is laid over the steps the first ones say fit.
+    time_budget_seconds: float | None = None
     eval_every: int = 25
     checkpoint_every: int = 10
     seed: int = 0
-    hop_seconds: float = 2.0
+    hop_seconds: float = 0.5
+    augment: tuple[str, ...] = AUGMENTATIONS
+    # Decay of an exponential moving average of the weights that is validated and kept
+    # (e.g. 0.995); None trains and keeps the weights themselves.
+    average: float | None = None
     # Dropout before each dense layer while training; None keeps the network's own (the
     # paper's 0.5). A named variant: see README, "Training budget".
     dropout: float | None = None
@@ -51,25 +75,58 @@ class TrainSettings:
     mlp_max_epochs: int = 2000
     mlp_patience: int = 100
     open_set_threshold: float = 0.01
+    # With a base model: train only the dense head, on the base trunk's outputs (fast).
+    freeze_trunk: bool = False
+    # Fit and report the shallow baseline (fieldmon.train.baseline) on the same split.
+    baseline: bool = True
 
     def __post_init__(self) -> None:
+        if self.network not in NETWORKS:
+            raise ValueError(f"network must be one of {', '.join(NETWORKS)}, not {self.network!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, not {self.schedule!r}")
+        unknown = set(self.augment) - set(AUGMENTATIONS)
+        if unknown:
+            raise ValueError(f"unknown augmentation {sorted(unknown)[0]!r}; one of {', '.join(AUGMENTATIONS)}")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {', '.join(LOSSES)}, not {self.loss!r}")
         if self.triplet_update not in TRIPLET_UPDATES:
             raise ValueError(f"triplet_update must be one of {', '.join(TRIPLET_UPDATES)}")
-        if (self.steps is None) == (self.epochs is None):
-            raise ValueError("give exactly one training budget: steps or epochs")
+        if self.steps is not None and self.epochs is not None:
+            raise ValueError("give steps or epochs, not both")
+        if self.steps is None and self.epochs is None and self.time_budget_seconds is None:
+            raise ValueError("give a training budget: steps, epochs or a time budget")
+        if self.time_budget_seconds is not None and not self.time_budget_seconds > 0:
+            raise ValueError(f"the time budget must be positive, not {self.time_budget_seconds}")
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), not {self.dropout}")
+        if self.average is not None and not 0.0 < self.average < 1.0:
+            raise ValueError(f"average (the decay of the weight average) must be in (0, 1), not {self.average}")
         if self.windows_per_class < 2:
             raise ValueError("windows_per_class must be at least 2 so that every species has a positive pair")
 
-    def with_budget(self, steps: int | None, epochs: int | None) -> TrainSettings:
-        return replace(self, steps=steps, epochs=epochs)
+    def with_budget(self, other: TrainSettings) -> TrainSettings:
+        """These settings with ``other``'s budget (to extend a run on resume)."""
+        return replace(self, steps=other.steps, epochs=other.epochs, time_budget_seconds=other.time_budget_seconds)
 
     def to_dict(self) -> dict:
         return settings_to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainSettings:
+        if "network" not in data:
+            # Written before there was a choice of network: the paper's network and recipe.
+            data = {"network": "paper", **PAPER_RECIPE, **data}
+            if data.get("loss") == "crossentropy":
+                data["optimizer"] = "adam"
         return settings_from_dict(cls, data)
+
+    @classmethod
+    def for_network(cls, network: str, **options) -> TrainSettings:
+        """The recipe of ``network`` (the paper's for "paper"), with ``options`` on top."""
+        recipe = dict(PAPER_RECIPE) if network == "paper" else {}
+        if network == "paper" and options.get("loss") == "crossentropy":
+            recipe["optimizer"] = "adam"  # the paper's MS-CNN baseline (III.C)
+        return cls(network=network, **{**recipe, **options})

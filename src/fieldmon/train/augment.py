@@ -1,0 +1,78 @@
+"""Augmentation of training windows, on the features (cheap: no audio is decoded again).
+
+Features are dB relative to each channel's maximum, floored at -top_db and scaled to
+[0, 1] (fieldmon.features), so changes of recording level are already gone. What
+differs between recordings of one species is where the song sits in the window,
+the background and its level relative to the song, the microphone's frequency
+response, and what else is heard; the augmentations imitate those:
+
+- ``roll``: circular shift along time by a random number of frames (where the
+  song sits in the window).
+- ``specaugment``: two time masks of up to 24 frames and two Mel masks of up to 4
+  bands set to the floor (Park et al. 2019), so no single part of a window decides.
+- ``noise-floor``: for half the windows, everything below a random level (up to
+  half the dB range below the peak) is raised to it: a louder background, i.e. a
+  lower signal-to-noise ratio, as from a more distant animal.
+- ``tilt``: a random spectral slope of up to +-10 % of the dB range across the Mel
+  axis, re-referenced to the peak (another microphone or distance).
+
+Each draw comes from a generator seeded by the step, so a resumed run augments
+exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import torch
+
+AUGMENTATIONS = ("roll", "specaugment", "noise-floor", "tilt")
+
+
+def augment(windows: torch.Tensor, names: tuple[str, ...], generator: torch.Generator) -> torch.Tensor:
+    """``windows`` [B, channels, mels, frames] in [0, 1] -> augmented copies."""
+    unknown = set(names) - set(AUGMENTATIONS)
+    if unknown:
+        raise ValueError(f"unknown augmentation {sorted(unknown)[0]!r}; one of {', '.join(AUGMENTATIONS)}")
+    x = windows
+    for name in AUGMENTATIONS:  # a fixed order, whatever order they were given in
+        if name in names:
+            x = _FUNCTIONS[name](x, generator)
+    return x
+
+
+def _roll(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    b, c, m, t = x.shape
+    shifts = torch.randint(0, t, (b,), generator=g)
+    index = (torch.arange(t)[None, :] + shifts[:, None]) % t
+    return torch.gather(x, 3, index[:, None, None, :].expand(b, c, m, t).to(x.device))
+
+
+def _band_mask(b: int, length: int, max_width: int, g: torch.Generator) -> torch.Tensor:
+    width = torch.randint(0, max_width + 1, (b,), generator=g)
+    start = (torch.rand(b, generator=g) * (length - width + 1)).long()
+    positions = torch.arange(length)[None, :]
+    return (positions >= start[:, None]) & (positions < (start + width)[:, None])
+
+
+def _specaugment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    b, _, m, t = x.shape
+    for _ in range(2):
+        x = x.masked_fill(_band_mask(b, t, 24, g)[:, None, None, :].to(x.device), 0.0)
+        x = x.masked_fill(_band_mask(b, m, 4, g)[:, None, :, None].to(x.device), 0.0)
+    return x
+
+
+def _noise_floor(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    b = len(x)
+    level = torch.rand(b, generator=g) * 0.5 * (torch.rand(b, generator=g) < 0.5)
+    return torch.maximum(x, level.view(b, 1, 1, 1).to(x.device))
+
+
+def _tilt(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    b, _, m, _ = x.shape
+    slope = (torch.rand(b, generator=g) - 0.5) * 0.2
+    ramp = torch.linspace(-1.0, 1.0, m)
+    x = x + (slope[:, None] * ramp[None, :]).view(b, 1, m, 1).to(x.device)
+    return (x - x.amax(dim=(2, 3), keepdim=True) + 1.0).clamp(min=0.0)
+
+
+_FUNCTIONS = {"roll": _roll, "specaugment": _specaugment, "noise-floor": _noise_floor, "tilt": _tilt}
