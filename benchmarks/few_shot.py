@@ -8,8 +8,9 @@
    the base never hears the held-out species.
 3. For each of ``--sets`` draws of ``--clips`` clips per held-out species: ``fieldmon train``
    with ``--base`` and ``--time-budget`` (the few-clip split: one clip per species for
-   selection, the rest for training), then scores the site model and the shallow baseline
-   (fitted on the site model's own training clips) on every other clip of those species.
+   selection, the rest for training), and the same with ``--freeze-trunk`` (2,000 steps of
+   the dense head), then scores both site models and the shallow baseline (fitted on the
+   site model's own training clips) on every other clip of those species.
 
 Writes OUT/results.json and prints one line per set. Everything runs on the CPU unless a
 GPU is there.
@@ -84,15 +85,23 @@ def main() -> None:
         bundle = train(site_manifest, site, settings, base=base, cache_dir=args.cache,
                        callbacks=TrainCallbacks(message=print_flush))
         deep = evaluate(site, eval_manifest, cache_dir=args.cache)
+        # the fastest option beside it: the base trunk frozen, only the dense head trained
+        frozen_settings = TrainSettings(steps=2000, freeze_trunk=True, seed=index, baseline=False)
+        frozen_bundle = train(site_manifest, args.out / f"set{index}-frozen", frozen_settings, base=base,
+                              cache_dir=args.cache, callbacks=TrainCallbacks(message=print_flush))
+        frozen = evaluate(args.out / f"set{index}-frozen", eval_manifest, cache_dir=args.cache)
         shallow = baseline_on(site / "split.csv", eval_manifest, bundle.class_names)
         result = {
             "set": index, "train_clips": bundle.training["clips"], "eval_files": deep["files"],
             "steps": bundle.training["steps_done"], "wall_seconds": bundle.training["wall_seconds"],
             "site_model": {"file_macro_f1": deep["file_macro_f1"], "macro_f1": deep["macro_f1"]},
+            "frozen_trunk": {"file_macro_f1": frozen["file_macro_f1"], "macro_f1": frozen["macro_f1"],
+                             "wall_seconds": frozen_bundle.training["wall_seconds"]},
             "baseline": shallow,
         }
         results["sets"].append(result)
         print(f"set {index}: site model {deep['file_macro_f1']:.3f} per file ({deep['macro_f1']:.3f} per window), "
+              f"frozen trunk {frozen['file_macro_f1']:.3f} ({frozen['macro_f1']:.3f}), "
               f"baseline {shallow['file_macro_f1']:.3f} ({shallow['macro_f1']:.3f}); {deep['files']} files, "
               f"{bundle.training['steps_done']} steps in {bundle.training['wall_seconds'] / 60:.1f} min", flush=True)
         (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -26,6 +26,15 @@ def test_default_model_loads_with_its_32_insects_and_int8_version():
     assert load_model("default", "int8").model_id == model.model_id + "+int8"
 
 
+def test_default_model_is_a_trained_compact_network_that_beats_the_baseline():
+    model = load_model("default")
+    assert model.training["network"] == "compact" and model.training["trained"] == "whole network"
+    assert model.training["weight_change"] > 0.1  # far from its random start (the old default: 0.00044)
+    validation, baseline = model.metrics["validation"], model.metrics["baseline"]["validation"]
+    assert validation["file_macro_f1"] > baseline["file_macro_f1"]
+    assert validation["file_macro_f1"] > model.metrics["selection"]["history"][0]["val_macro_f1"] + 0.2
+
+
 def test_scanning_the_examples_with_the_default_model(tmp_path):
     out = tmp_path / "detections.parquet"
     summary = scan(EXAMPLES / "recordings", out)

@@ -199,7 +199,8 @@ def test_cli_base_training_and_resume_refusal(tmp_path):
           cache_dir=cache, callbacks=QUIET, network_settings=TINY)
     runner = CliRunner()
     args = ["train", str(manifest), "--out", str(tmp_path / "site"), "--base", str(tmp_path / "base"),
-            "--steps", "20", "--windows-per-class", "3", "--eval-every", "10", "--cache", cache, "--dropout", "0"]
+            "--steps", "20", "--windows-per-class", "3", "--eval-every", "10", "--cache", cache, "--dropout", "0",
+            "--freeze-trunk"]
     result = runner.invoke(main, args)
     assert result.exit_code == 0, result.output
     site = load_model(tmp_path / "site")
@@ -208,6 +209,8 @@ def test_cli_base_training_and_resume_refusal(tmp_path):
     # the dropout variant is what the network was trained with, and what it records
     assert base.network.settings.dropout == 0.25 and TINY.dropout == 0.5
     assert site.network.settings.dropout == 0.0 and site.training["settings"]["dropout"] == 0.0
+    # --freeze-trunk trains the dense head only: the base's trunk comes through bit for bit
+    assert site.training["trained"] == "dense head only (frozen trunk)"
     for name, value in base.network.trunk.state_dict().items():
         assert torch.equal(value, site.network.trunk.state_dict()[name])
     again = runner.invoke(main, args)

@@ -139,8 +139,9 @@ def train(
     module.eval()
     cb.message(f"selected the weights of step {state.best_step} (validation macro-F1 {state.best_metric:.3f})")
     weight_change = loop.weight_change(loop.best_weights)
-    cb.message(f"the selected weights lie {weight_change:.2%} from their random initialisation")
-    if weight_change < BARELY_TRAINED:
+    start = "the base model's weights" if base_bundle is not None else "their random initialisation"
+    cb.message(f"the selected weights lie {weight_change:.2%} from {start}")
+    if weight_change < BARELY_TRAINED and base_bundle is None:
         cb.message(f"warning: the network has barely left its random start (under {BARELY_TRAINED:.0%}); "
                    "the paper trained 150,000 updates, on a GPU (README, 'Training budget')")
 

@@ -130,9 +130,11 @@ class TrainingLoop:
         # With settings.average: an exponential moving average of the weights (and batch
         # normalisation statistics), which is what is validated, selected and kept.
         self.averaged = copy.deepcopy(module).eval() if settings.average else None
-        # The module arrives freshly initialised (seeded), also when resuming: the
-        # checkpoint is loaded afterwards.
-        self.initial_weights = copy.deepcopy(module.state_dict())
+        # The module arrives freshly initialised (seeded), or as the base model, also when
+        # resuming: the checkpoint is loaded afterwards. Learned parameters only: batch
+        # normalisation statistics follow the data within a few steps and say nothing
+        # about learning.
+        self.initial_weights = {name: p.detach().clone() for name, p in module.named_parameters()}
         self.total_minibatches = None if s.epochs is None else s.epochs * self.sampler.batches_per_epoch()
         self.selection_index = _evenly_spaced_per_class(data.labels.numpy(), SELECTION_WINDOWS // data.n_classes)
 
@@ -377,7 +379,7 @@ class TrainingLoop:
         )
 
     def weight_change(self, weights: dict[str, torch.Tensor]) -> float:
-        """How far ``weights`` lie from the initialisation: ||w - w0|| / ||w0|| over all
+        """How far ``weights`` lie from the start: ||w - w0|| / ||w0|| over all learned
         weights and biases. Near zero means the network is still its random start."""
         moved = total = 0.0
         for name, start in self.initial_weights.items():
