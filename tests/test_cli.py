@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 
@@ -16,7 +18,8 @@ def test_help_imports_no_heavy_library():
     # librosa, pandas or matplotlib (seconds on a small machine); commands import them
     # when they run.
     code = ("import sys; from click.testing import CliRunner; from fieldmon.cli import main\n"
-            "for args in (['--help'], ['scan', '--help'], ['train', '--help'], ['report', '--help']):\n"
+            "for args in (['--help'], ['scan', '--help'], ['train', '--help'], ['report', '--help'],\n"
+            "             ['retime', '--help'], ['info', '--help']):\n"
             "    assert CliRunner().invoke(main, args).exit_code == 0, args\n"
             "heavy = {'torch', 'numba', 'librosa', 'pandas', 'matplotlib'} & set(sys.modules)\n"
             "print(sorted(heavy))")
@@ -31,7 +34,9 @@ SWEEP = {
         ("--workers", "0"), ("--min-score", "-0.1"), ("--min-score", "2"), ("--time-limit", "0"),
         ("--channel", "-1"), ("--device", "tpu"), ("--precision", "int4"), ("--ray-cpus", "0"),
         ("--ray-object-store-gb", "0"), ("--ray-actors", "0"), ("--ray-actor-cpus", "0"), ("--engine", "spark"),
+        ("--tz", "Mars/Olympus"), ("--tz", "../etc"),
     ]),
+    "retime": (["DET"], [("--tz", "Mars/Olympus"), ("--tz", "")]),
     "train": (["CLIPS", "--out", "OUT/m", "--steps", "1"], [
         ("--steps", "0"), ("--epochs", "-1"), ("--lr", "-1"), ("--hop", "0"), ("--windows-per-class", "1"),
         ("--batch-size", "0"), ("--dropout", "1"), ("--margin-start", "-0.1"), ("--margin-max", "9"),
@@ -40,7 +45,7 @@ SWEEP = {
         ("--augment", "reverse"), ("--device", "tpu"), ("--seed", "-1"), ("--warmup-steps", "-5"),
     ]),
     "clips": (["DET", "--out", "OUT/c"], [("--per-species", "-1"), ("--per-species", "0"), ("--min-score", "3")]),
-    "report": (["DET", "--out", "OUT/r"], [("--min-score", "-1")]),
+    "report": (["DET", "--out", "OUT/r"], [("--min-score", "-1"), ("--model", "/nonexistent/model")]),
     "export": (["DET", "--format", "csv", "--out", "OUT/e"], [("--min-score", "5"), ("--format", "xls")]),
     "quantize": (["default", "CLIPS"], [("--windows", "0")]),
     "evaluate": (["default", "CLIPS"], [("--split", "holdout"), ("--precision", "int4")]),
@@ -74,3 +79,48 @@ def test_scanning_a_folder_without_audio_warns(tmp_path, tiny_model):
                                        "--model", str(tiny_model), "--quiet"])
     assert result.exit_code == 0, result.output
     assert "warning: no audio files (" in result.output and str(tmp_path / "rec") in result.output
+
+
+def test_info_summarises_the_default_model_and_json_prints_model_json():
+    result = CliRunner().invoke(main, ["info", "default"])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    from fieldmon.model.bundle import resolve_model_path
+
+    meta = json.loads((resolve_model_path("default") / "model.json").read_text())
+    assert f"model id {meta['model_id']}" in out.splitlines()[0]
+    status = next(line for line in out.splitlines() if line.startswith("status:"))
+    assert "PRELIMINARY" in status  # its model card says so, and it scores below the target
+    assert f"species:    {len(meta['class_names'])}: {meta['class_names'][0]}" in out
+    assert f"{meta['metrics']['validation']['file_macro_f1']:.3f}" in out
+    assert "shallow baseline" in out and "threshold 0.01" in out and "GFLOP" in out
+    assert "{" not in out  # no settings dump
+    for secret in (meta["provenance"]["command"], meta["provenance"]["clips_source"], "/work/"):
+        assert secret not in out
+
+    raw = CliRunner().invoke(main, ["info", "default", "--json"])
+    assert raw.exit_code == 0 and json.loads(raw.output) == meta
+
+
+def test_info_marks_a_model_below_the_target_and_prints_no_local_paths(tmp_path, tiny_model):
+    bundle = tmp_path / "site"
+    shutil.copytree(tiny_model, bundle)
+    meta = json.loads((bundle / "model.json").read_text())
+    meta["metrics"] = {"validation": {"files": 9, "macro_f1": 0.51234, "file_macro_f1": 0.61789},
+                       "baseline": {"validation": {"macro_f1": 0.4, "file_macro_f1": 0.45678}}}
+    meta["training"] = {"clips": {"train": 20, "validation": 9, "test": 0}, "steps_done": 400, "wall_seconds": 1250.0,
+                        "device": "cpu", "clips_left_out": ["/home/alice/field/clips/a/x.wav: silent"]}
+    meta["provenance"] = {"command": "fieldmon train /home/alice/field/clips --out /home/alice/models/site",
+                          "clips_source": "/home/alice/field/clips", "fieldmon_version": "0.1.0"}
+    (bundle / "model.json").write_text(json.dumps(meta))
+    result = CliRunner().invoke(main, ["info", str(bundle)])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "/home/alice" not in out and "from clips" in out
+    assert "PRELIMINARY: validation macro-F1 per file 0.618 is below the 0.75 target" in " ".join(out.split())
+    assert "per window 0.512; shallow baseline 0.457 per file, 0.400 per window" in " ".join(out.split())
+    assert "400 steps in 20 min 50 s on cpu" in " ".join(out.split())
+    meta["metrics"]["validation"]["file_macro_f1"] = 0.8
+    (bundle / "model.json").write_text(json.dumps(meta))
+    good = CliRunner().invoke(main, ["info", str(bundle)]).output
+    assert "PRELIMINARY" not in good and "0.800 meets the 0.75 target" in good

@@ -64,16 +64,22 @@ def test_filters(scanned):
     assert (high.detections.score >= 0.9).all()
 
 
-def test_report_html_is_self_contained(scanned, tmp_path):
+def test_report_html_is_self_contained(scanned, accepting_model, tmp_path):
     _, out = scanned
     result = CliRunner().invoke(main, ["report", str(out), "--out", str(tmp_path / "r")])
     assert result.exit_code == 0, result.output
     page = (tmp_path / "r" / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 2
+    assert page.count("data:image/png;base64,") == 3  # score distributions, daily, diel
     assert "src='http" not in page and "<script" not in page
     assert "unknown windows" in page and "accepting-" in page  # the model id
-    for name in ("species_summary", "daily_detections", "diel_activity", "effort"):
+    for name in ("species_summary", "score_distribution", "daily_detections", "diel_activity", "effort_by_hour",
+                 "diel_rate", "effort"):
         assert (tmp_path / "r" / f"{name}.csv").stat().st_size > 0
+    # the scan's model is not the shipped default: without --model its quality is unknown
+    assert "was not found" in " ".join(page.split())
+    result = CliRunner().invoke(main, ["report", str(out), "--out", str(tmp_path / "r2"), "--model", str(accepting_model)])
+    assert result.exit_code == 0, result.output
+    assert "was not found" not in " ".join((tmp_path / "r2" / "report.html").read_text().split())
 
 
 def test_raven_tables_one_per_audio_file(scanned, tmp_path):
@@ -189,3 +195,29 @@ def test_read_only_output_folder_is_a_one_line_error(scanned, tmp_path, command)
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr and "ermission denied" in result.stderr, result.stderr
     assert str(locked / "sub") in result.stderr
+
+
+def test_report_effort_by_hour_of_a_scan(scanned, tmp_path):
+    """Files of 6 s at 22:00, 8 s + 6 s at 05:30 and 8 s at 12:00 (UTC): effort and
+    detections per recorded hour, every other hour not recorded."""
+    _, out = scanned
+    result = CliRunner().invoke(main, ["report", str(out), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    eff = pd.read_csv(tmp_path / "r" / "effort_by_hour.csv", index_col="hour")
+    assert eff.hours_recorded[22] * 3600 == pytest.approx(6, abs=0.01)
+    assert eff.hours_recorded[5] * 3600 == pytest.approx(14, abs=0.01)
+    assert eff.hours_recorded[12] * 3600 == pytest.approx(8, abs=0.01)
+    assert (eff.drop([5, 12, 22]).hours_recorded == 0).all()
+    rate = pd.read_csv(tmp_path / "r" / "diel_rate.csv", index_col="hour")
+    assert rate.loc[22].sum() == pytest.approx(3 / (6 / 3600), rel=1e-3)
+    assert rate.drop([5, 12, 22]).isna().all().all()
+    summary = pd.read_csv(tmp_path / "r" / "species_summary.csv")
+    assert summary.hours_recorded.tolist() == pytest.approx([28 / 3600] * len(summary), rel=1e-3)
+    assert summary.detections_per_recorded_hour.tolist() == pytest.approx(summary.windows / (28 / 3600), rel=1e-3)
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert "not recorded</td>" in page and "no detections with a known time" not in page.lower()
+    # dates without any window: no detections, said as such (the times are known)
+    result = CliRunner().invoke(main, ["report", str(out), "--out", str(tmp_path / "later"), "--from", "2024-06-01"])
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "later" / "report.html").read_text()
+    assert "No detections after the filters" in page and "no detections with a known time" not in page.lower()

@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import RECORDER_SERIES, require_shared, write_wav
+from fieldmon import load_model
 from fieldmon.cli import main
 from fieldmon.outputs.store import DetectionStore, ScanLocked, StoreError, files_table_path
 from fieldmon.scan.pipeline import EXIT_FILES_FAILED, RunOptions, ScanSettings, scan, scan_key
@@ -108,8 +109,6 @@ def test_second_scan_on_the_same_output_is_refused(tmp_path, tiny_model):
     rec = tmp_path / "rec"
     write_wav(rec / "a.wav", 2.0)
     out = tmp_path / "det.parquet"
-    from fieldmon import load_model
-
     key = scan_key(load_model(tiny_model).model_id, ScanSettings())
     with DetectionStore(out, key, {}):
         with pytest.raises(ScanLocked, match="being written by another scan"):
@@ -117,13 +116,37 @@ def test_second_scan_on_the_same_output_is_refused(tmp_path, tiny_model):
     assert scan(rec, out, tiny_model).files_ok == 1  # the lock went with its holder
 
 
-def test_changed_settings_are_a_new_scan(tmp_path, tiny_model):
+def test_changed_settings_are_refused_naming_each_setting_that_differs(tmp_path, tiny_model, accepting_model):
     rec = tmp_path / "rec"
     write_wav(rec / "a.wav", 2.0)
     out = tmp_path / "det.parquet"
-    scan(rec, out, tiny_model)
-    with pytest.raises(StoreError, match="other settings or another model"):
-        scan(rec, out, tiny_model, ScanSettings(hop_seconds=1.0))
+    scan(rec, out, tiny_model, ScanSettings(tz="Europe/Berlin"))
+
+    def refusal(model, settings) -> str:
+        with pytest.raises(StoreError) as caught:
+            scan(rec, out, model, settings)
+        message = str(caught.value)
+        assert "\n" not in message and "{" not in message  # one line, no settings dump
+        return message
+
+    assert "other settings (--hop: 2.0 in the existing output, 1.0 now)" in refusal(
+        tiny_model, ScanSettings(hop_seconds=1.0, tz="Europe/Berlin"))
+    both = refusal(tiny_model, ScanSettings(top_k=2, embeddings=True, tz="Europe/Berlin"))
+    assert "--top-k: 3 in the existing output, 2 now; --embeddings: off in the existing output, on now" in both
+    assert "--hop" not in both and "write this scan to a new --out" in both
+    old_id, new_id = load_model(tiny_model).model_id, load_model(accepting_model).model_id
+    model = refusal(accepting_model, ScanSettings(tz="Europe/Berlin"))
+    assert f"another model ({old_id} in the existing output, {new_id} now)" in model and "other settings" not in model
+    # dropping --tz would leave new files without UTC times: refused, with the zone to pass
+    dropped = refusal(tiny_model, ScanSettings())
+    assert "--tz: Europe/Berlin in the existing output, none now" in dropped and "pass --tz Europe/Berlin" in dropped
+
+    result = CliRunner().invoke(main, ["scan", str(rec), "--out", str(out), "--model", str(tiny_model),
+                                       "--tz", "Europe/Berlin", "--hop", "1"])
+    assert result.exit_code == 1
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "--hop: 2.0 in the existing output, 1.0 now" in errors[0], result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
 
 
 KILL_SCRIPT = """
@@ -249,3 +272,29 @@ def test_sigint_and_sigterm_stop_cleanly_keeping_finished_files(tmp_path, tiny_m
     assert summary.files_skipped == len(kept) and summary.files_ok == 30 - len(kept)
     det, files = read(out)
     assert len(det) == 60 and not det.duplicated(["path", "window_start_s"]).any() and files.path.is_unique
+
+
+def test_warnings_for_low_sample_rates_and_local_times_without_a_zone(tmp_path, tiny_model):
+    rec = tmp_path / "rec"
+    write_wav(rec / "SITE1_20240101_060000.wav", 2.0, sr=22050)  # Song Meter name: local time
+    write_wav(rec / "SITE1_20240101_061000.wav", 2.0, sr=22050)
+    write_wav(rec / "b.wav", 2.0, sr=16000)
+    write_wav(rec / "c.wav", 2.0)  # the model's 44100 Hz
+    out = tmp_path / "det.parquet"
+
+    def warnings(*options: str) -> list[str]:
+        result = CliRunner().invoke(main, ["scan", str(rec), "--out", str(out), "--model", str(tiny_model), "--quiet",
+                                           *options])
+        assert result.exit_code == 0, result.output
+        return [line for line in result.output.splitlines() if line.startswith("warning:")]
+
+    rates, zone = warnings()
+    assert rates == ("warning: 3 files are recorded below the model's 44100 Hz (1 at 16000 Hz, 2 at 22050 Hz): "
+                     "bands above half a file's rate (from 8000 Hz) are empty")
+    assert zone.startswith("warning: 2 files give the recorder's local time but no time zone")
+    assert f"fieldmon retime {out} --tz ZONE" in zone
+    summary = scan(rec / "SITE1_20240101_060000.wav", tmp_path / "one.parquet", tiny_model, ScanSettings(tz="UTC"))
+    assert summary.warnings("x") == [
+        "1 file is recorded at 22050 Hz, below the model's 44100 Hz: bands above 11025 Hz are empty"]
+    assert summary.files_without_utc == 0  # with --tz every local time has its UTC time
+    assert warnings("--tz", "Europe/Berlin") == []  # nothing new was scanned, after the output was retimed

@@ -1,36 +1,143 @@
+"""``fieldmon info``: a model bundle summarised for a person deciding whether to trust
+it; ``--json`` prints model.json itself for everything else.
+
+The summary leaves out what only the machine that trained the model knew: the
+training command and the clips' folder are local paths (at most the clips' base name
+is shown), and which clips were left out is counted, not listed.
+"""
+
 from __future__ import annotations
 
-import json
+import shutil
+import textwrap
+from pathlib import Path
 
 import click
-from rich.console import Console
-from rich.table import Table
 
-from fieldmon.model.bundle import BundleError
-from fieldmon.model.loading import load_model
+from fieldmon.model.bundle import JSON_NAME, BundleError, ModelBundle, read_metadata, resolve_model_path
+from fieldmon.model.card import TARGET_FILE_MACRO_F1, preliminary_reasons, validation_file_macro_f1
+from fieldmon.model.network import count_flops, count_parameters
+from fieldmon.model.networks import network_kind
+
+LABEL_WIDTH = 12
+
+
+def print_model_json(model: str) -> None:
+    try:
+        path = resolve_model_path(model)
+        read_metadata(path)  # a model.json that is not a fieldmon model is named, not printed
+    except BundleError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo((path / JSON_NAME).read_text().rstrip("\n"))
 
 
 def show_model_info(model: str) -> None:
     try:
-        bundle = load_model(model)
+        path = resolve_model_path(model)
+        bundle = ModelBundle.load(path)
+        meta = read_metadata(path)
     except BundleError as exc:
         raise click.ClickException(str(exc)) from exc
-    console = Console()
-    table = Table(title=f"fieldmon model {bundle.model_id}", show_header=False, title_justify="left")
-    table.add_column(style="bold")
-    table.add_column()
-    table.add_row("loss", bundle.loss)
-    table.add_row("classes", f"{len(bundle.class_names)}: {', '.join(bundle.class_names)}")
-    table.add_row("parameters", f"{sum(p.numel() for p in bundle.network.parameters()):,}")
-    table.add_row("features", _kv(bundle.feature_settings.to_dict()))
-    table.add_row("network", _kv(bundle.network.settings.to_dict()))
-    table.add_row("open-set", "none" if bundle.open_set is None else
-                  f"{bundle.open_set.rule}, threshold {bundle.open_set.threshold:g}")
-    for section in ("training", "metrics", "provenance"):
-        value = getattr(bundle, section)
-        table.add_row(section, _kv(value) if value else "-")
-    console.print(table)
+    width = min(max(shutil.get_terminal_size((100, 24)).columns, 60), 100)
+    click.echo(f"{bundle.name} (model id {bundle.model_id})")
+    for label, text in summary(bundle, meta, path):
+        click.echo(textwrap.fill(text, width, initial_indent=f"{label + ':':<{LABEL_WIDTH}}",
+                                 subsequent_indent=" " * LABEL_WIDTH, break_on_hyphens=False, break_long_words=False))
+    click.echo(f"every setting: fieldmon info {model} --json")
 
 
-def _kv(d: dict) -> str:
-    return "\n".join(f"{k}: {json.dumps(v) if isinstance(v, (dict, list)) else v}" for k, v in d.items())
+def summary(bundle: ModelBundle, meta: dict, path: Path) -> list[tuple[str, str]]:
+    """(label, text) lines of the summary."""
+    fs = bundle.feature_settings
+    training, provenance = bundle.training or {}, bundle.provenance or {}
+    lines = [("status", status(bundle, path))]
+    shape = (getattr(bundle.network.settings, "in_channels", 3), fs.n_mels, fs.n_frames)
+    flops = count_flops(bundle.network, shape)  # one forward pass of a zero window: well under a second
+    lines.append(("network", f"{network_kind(bundle.network)}, {bundle.loss} loss; {flops / 1e9:.2f} GFLOP per "
+                             f"{fs.window_seconds:g} s window, {count_parameters(bundle.network):,} parameters"))
+    lines.append(("species", f"{len(bundle.class_names)}: {', '.join(bundle.class_names)}"))
+    lines.append(("features", f"{fs.sample_rate} Hz, {fs.window_seconds:g} s windows, {fs.n_mels} Mel bands"))
+    lines.append(("training", training_line(training, provenance)))
+    for split in ("validation", "test"):
+        if split in bundle.metrics:
+            lines.append((split, scores_line(bundle.metrics, split)))
+    if "validation" not in bundle.metrics:
+        lines.append(("validation", "no scores recorded"))
+    if bundle.open_set is None:
+        lines.append(("open set", "none: every window gets a species"))
+    else:
+        lines.append(("open set", f"{bundle.open_set.rule}, threshold {bundle.open_set.threshold:g} (a window whose "
+                                  "open-set score is below it is labelled unknown)"))
+    int8 = meta.get("int8")
+    lines.append(("int8", f"{int8.get('file')} ({int8.get('calibration_windows')} calibration windows)" if int8
+                  else "none (fieldmon quantize adds one)"))
+    made = [f"fieldmon {provenance['fieldmon_version']}" if "fieldmon_version" in provenance else None,
+            provenance.get("created"), f"torch {provenance['torch']}" if "torch" in provenance else None]
+    if any(made):
+        lines.append(("created", ", ".join(m for m in made if m)))
+    return lines
+
+
+def status(bundle: ModelBundle, path: Path) -> str:
+    reasons = preliminary_reasons(bundle.metrics, path)
+    if reasons:
+        return "PRELIMINARY: " + "; ".join(reasons) + "; treat its labels as suggestions to verify"
+    f1 = validation_file_macro_f1(bundle.metrics)
+    if f1 is None:
+        return "not validated: the bundle records no validation scores"
+    return f"validation macro-F1 per file {f1:.3f} meets the {TARGET_FILE_MACRO_F1} target"
+
+
+def training_line(training: dict, provenance: dict) -> str:
+    parts = []
+    clips = training.get("clips") or {}
+    if clips:
+        parts.append(", ".join(f"{n:,} {split}" for split, n in clips.items()) + " clips")
+    source = provenance.get("clips_source")
+    if source:
+        parts.append(f"from {Path(source).name}")  # the base name only: the folder is the trainer's
+    left_out = training.get("clips_left_out") or []
+    if left_out:
+        parts.append(f"{len(left_out)} left out (silent or unusable)")
+    run = []
+    if training.get("steps_done") is not None:
+        run.append(f"{training['steps_done']:,} steps")
+    if training.get("wall_seconds") is not None:
+        run.append(f"in {duration(training['wall_seconds'])}")
+    if training.get("device"):
+        run.append(f"on {training['device']}")
+    if run:
+        parts.append(" ".join(run))
+    if training.get("base_model"):
+        parts.append(f"fine-tuned from {training['base_model']}")
+    return "; ".join(parts) or "not recorded"
+
+
+def scores_line(metrics: dict, split: str) -> str:
+    scores = metrics[split]
+    text = f"macro-F1 per file {_score(scores.get('file_macro_f1'))}"
+    detail = [f"{scores['files']} files"] if "files" in scores else []
+    interval = scores.get("file_macro_f1_interval")
+    if interval:
+        detail.append(f"95 % bootstrap interval {interval[0]:.3f}-{interval[1]:.3f}")
+    if detail:
+        text += f" ({', '.join(detail)})"
+    text += f", per window {_score(scores.get('macro_f1'))}"
+    baseline = (metrics.get("baseline") or {}).get(split)
+    if baseline:
+        text += (f"; shallow baseline {_score(baseline.get('file_macro_f1'))} per file, "
+                 f"{_score(baseline.get('macro_f1'))} per window")
+    return text
+
+
+def _score(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def duration(seconds: float) -> str:
+    """6993.7 -> '1 h 57 min' (to the nearest minute); 95 -> '1 min 35 s'."""
+    if seconds >= 3600 - 30:
+        hours, minutes = divmod(round(seconds / 60), 60)
+        return f"{hours} h {minutes} min"
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes} min {secs} s" if minutes else f"{secs} s"

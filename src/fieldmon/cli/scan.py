@@ -64,8 +64,13 @@ class ScanDisplay(ScanProgress):
             extensions = ", ".join(sorted(e.lstrip(".") for e in AUDIO_EXTENSIONS))
             self.summary_console.print(f"warning: no audio files ({extensions}) found in {recordings}",
                                        markup=False, highlight=False, soft_wrap=True)
+        lines = [f"warning: {line}" for line in summary.warnings(out)]
+        retimed = summary.retimed
+        if retimed is not None and retimed.changed:
+            lines.append(f"the output was in --tz {retimed.old_tz or 'none'}: {retimed.rows_retimed()} to --tz "
+                         f"{retimed.new_tz} without scanning them again")
         speed = summary.audio_seconds / summary.wall_seconds if summary.wall_seconds else 0.0
-        lines = [
+        lines += [
             f"{summary.files_ok} files scanned, {summary.files_failed} failed, {summary.files_skipped} unchanged; "
             f"{summary.windows} windows, {summary.rows} rows written to {out}",
             f"{summary.audio_seconds / 3600:.2f} h of audio in {summary.wall_seconds:.1f} s ({speed:.1f}x real time)",

@@ -5,6 +5,7 @@ that a crash at any instant loses nothing committed and duplicates nothing.
       part-000001.parquet           ('detections.parquet/*.parquet') read it as one table
       _fieldmon/scan.json           scan key: model id and settings (readers skip '_' names)
       _fieldmon/lock                held (flock) by the scan writing here
+      _fieldmon/retime.json         only while the time zone is being changed (fieldmon retime)
     detections.files.parquet/       the per-file (effort) table, same layout
       part-000001.parquet
 
@@ -14,11 +15,15 @@ detections part without its files part (a crash between the two renames) is dele
 when the store is next opened, and its files are scanned again. Rows of one audio
 file never span two parts. Re-scanning a changed file first rewrites (atomically,
 in place) the parts that hold its old rows.
+
+A scan with other settings or another model is refused, naming what differs; a new
+time zone alone (``--tz``) is applied to the rows already there (``retime``) instead.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -32,9 +37,18 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from fieldmon.fileio import atomic_write
+from fieldmon.outputs.retime import RetimeResult, retime_detections, retime_files, with_zone_metadata
+from fieldmon.recorder import parse_zone
 
 PART = re.compile(r"^part-(\d{6})\.parquet$")
 META_DIR = "_fieldmon"
+SCAN_JSON = "scan.json"
+RETIME_MARKER = "retime.json"
+
+# The option that sets each scan setting (fieldmon.scan.ScanSettings), to name it when an
+# output refuses a scan.
+SETTING_OPTIONS = {"hop_seconds": "--hop", "channel": "--channel", "top_k": "--top-k", "min_score": "--min-score",
+                   "embeddings": "--embeddings", "tz": "--tz"}
 
 
 class StoreError(Exception):
@@ -43,6 +57,12 @@ class StoreError(Exception):
 
 class ScanLocked(StoreError):
     pass
+
+
+def settings_key(model_id: str, settings: dict) -> str:
+    """The scan key: outputs hold rows of one model and one set of scan settings."""
+    text = json.dumps({"model_id": model_id, **settings}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def files_table_path(out: Path) -> Path:
@@ -59,13 +79,22 @@ class FileRecord:
 
 
 class DetectionStore:
-    def __init__(self, out: str | os.PathLike, scan_key: str, scan_meta: dict) -> None:
+    def __init__(self, out: str | os.PathLike, scan_key: str | None, scan_meta: dict) -> None:
         self.out = Path(out)
         self.files_dir = files_table_path(self.out)
         self.meta_dir = self.out / META_DIR
-        self.scan_key = scan_key
+        self.scan_key = scan_key  # None: an existing output opened to change it, not to scan into it
         self.scan_meta = scan_meta
+        self.retimed: RetimeResult | None = None  # set when opening it applied a new --tz
         self._lock_fd: int | None = None
+
+    @classmethod
+    def existing(cls, out: str | os.PathLike) -> DetectionStore:
+        """An output that a scan wrote, opened to change it (``retime``)."""
+        out = Path(out)
+        if not (out / META_DIR / SCAN_JSON).is_file():
+            raise StoreError(f"{out} is not a fieldmon scan output (it has no {META_DIR}/{SCAN_JSON})")
+        return cls(out, None, {})
 
     # -- opening ---------------------------------------------------------------
 
@@ -78,8 +107,15 @@ class DetectionStore:
         except OSError as exc:
             raise StoreError(f"cannot create the output {self.out}: {exc.strerror or exc}") from exc
         self._lock()
-        self._check_scan_key()
-        self._recover()
+        try:
+            self._recover()
+            if (self.meta_dir / RETIME_MARKER).exists():  # a retime that a crash interrupted
+                self.retimed = self.retime(json.loads((self.meta_dir / RETIME_MARKER).read_text())["tz"])
+            if self.scan_key is not None:
+                self._check_scan_key()
+        except BaseException:
+            self.close()  # a refused scan must not keep the output locked for the rest of the process
+            raise
         return self
 
     def close(self) -> None:
@@ -113,17 +149,67 @@ class DetectionStore:
         self._lock_fd = fd
 
     def _check_scan_key(self) -> None:
-        path = self.meta_dir / "scan.json"
-        if path.exists():
-            saved = json.loads(path.read_text())
-            if saved.get("scan_key") != self.scan_key:
-                raise StoreError(
-                    f"{self.out} holds a scan made with other settings or another model "
-                    f"(model {saved.get('model_id')}, settings {json.dumps(saved.get('settings'))}); "
-                    "write this scan to a new --out, or delete the old output first"
-                )
-        else:
+        path = self.meta_dir / SCAN_JSON
+        if not path.exists():
             atomic_write(path, json.dumps({"scan_key": self.scan_key, **self.scan_meta}, indent=2).encode())
+            return
+        saved = json.loads(path.read_text())
+        if saved.get("scan_key") == self.scan_key:
+            return
+        new_model, changed = _differences(saved, self.scan_meta)
+        new_tz = (self.scan_meta.get("settings") or {}).get("tz")
+        if not new_model and changed == ["tz"] and new_tz is not None:
+            # The zone only maps recorders' wall-clock times to UTC: the rows already
+            # here are retimed, not scanned again.
+            self.retimed = self.retime(new_tz)
+            if self._saved().get("scan_key") == self.scan_key:
+                return
+        raise StoreError(_refusal(self.out, saved, self.scan_meta, new_model, changed))
+
+    def _saved(self) -> dict:
+        return json.loads((self.meta_dir / SCAN_JSON).read_text())
+
+    # -- changing the time zone --------------------------------------------------
+
+    def retime(self, tz: str) -> RetimeResult:
+        """Give the output the recorders' zone ``tz`` (``fieldmon.outputs.retime``) and
+        record it in the scan settings, so that scans with ``--tz tz`` continue it.
+
+        Crash-safe: a marker names the zone first; each part is then replaced
+        atomically, and the settings last. Opening the store with the marker still
+        there finishes the job: every step computes from columns that a retime never
+        changes, so redoing a part that was already done changes nothing."""
+        zone = parse_zone(tz)
+        saved = self._saved()
+        settings = saved.get("settings")
+        if not isinstance(settings, dict) or "tz" not in settings or "model_id" not in saved:
+            raise StoreError(f"{self.out}: {META_DIR}/{SCAN_JSON} does not record the scan's settings; "
+                             "its time zone cannot be changed")
+        marker = self.meta_dir / RETIME_MARKER
+        old_tz = settings["tz"]
+        if old_tz == tz and not marker.exists():
+            return RetimeResult(old_tz, tz, 0, 0, 0)
+        atomic_write(marker, json.dumps({"tz": tz}).encode())
+        _fsync_dir(self.meta_dir)
+        unfinished = (f"every part is intact, in the old zone or the new one; the next fieldmon retime or "
+                      f"scan of {self.out} finishes the change to --tz {tz}")
+        shifts: dict = {}
+        for path in self._parts(self.files_dir).values():
+            table, part_shifts = retime_files(pq.read_table(path), zone)
+            _write_parquet(with_zone_metadata(table, tz), path, unfinished)
+            shifts.update(part_shifts)
+        rows = 0
+        for path in self._parts(self.out).values():
+            table, part_rows = retime_detections(pq.read_table(path), shifts)
+            _write_parquet(with_zone_metadata(table, tz), path, unfinished)
+            rows += part_rows
+        settings = {**settings, "tz": tz}
+        saved = {**saved, "settings": settings, "scan_key": settings_key(saved["model_id"], settings)}
+        atomic_write(self.meta_dir / SCAN_JSON, json.dumps(saved, indent=2).encode())
+        marker.unlink()
+        _fsync_dir(self.meta_dir)
+        from_local = sum(s.from_local for s in shifts.values())
+        return RetimeResult(old_tz, tz, from_local, len(shifts) - from_local, rows)
 
     def _recover(self) -> None:
         for folder in (self.out, self.files_dir):
@@ -181,7 +267,58 @@ class DetectionStore:
                     path.unlink()
 
 
-def _write_parquet(table: pa.Table, path: Path) -> None:
+def retime(out: str | os.PathLike, tz: str) -> RetimeResult:
+    """Change the recorders' time zone of the scan output ``out`` to ``tz`` (an IANA
+    name) without scanning again; see ``DetectionStore.retime``."""
+    parse_zone(tz)  # a bad zone is refused before the output is touched
+    with DetectionStore.existing(out) as store:
+        result = store.retime(tz)
+        # opening it may have finished a retime to this zone that a crash had interrupted
+        return store.retimed if not result.changed and store.retimed is not None else result
+
+
+def _differences(saved: dict, meta: dict) -> tuple[bool, list[str]]:
+    """Whether the model differs, and the settings that do (in the settings' order)."""
+    old, new = saved.get("settings") or {}, meta.get("settings") or {}
+    names = list(new) + [k for k in old if k not in new]
+    missing = object()
+    changed = [k for k in names if old.get(k, missing) != new.get(k, missing)]
+    return saved.get("model_id") != meta.get("model_id"), changed
+
+
+def _refusal(out: Path, saved: dict, meta: dict, new_model: bool, changed: list[str]) -> str:
+    """One line: what differs between the output and this scan, and what to do."""
+    old, new = saved.get("settings") or {}, meta.get("settings") or {}
+    parts = []
+    if new_model:
+        parts.append(f"another model ({saved.get('model_id')} in the existing output, {meta.get('model_id')} now)")
+    if changed:
+        parts.append("other settings (" + "; ".join(
+            f"{SETTING_OPTIONS.get(k, k)}: {_shown(old.get(k))} in the existing output, {_shown(new.get(k))} now"
+            for k in changed) + ")")
+    what = " and ".join(parts) or "other settings or another model"
+    if changed == ["tz"] and not new_model:
+        advice = (f"pass --tz {old.get('tz')} as before (fieldmon retime {out} --tz ZONE changes the zone "
+                  "of the output)")
+    else:
+        advice = "write this scan to a new --out, or delete the old output first"
+    return f"{out} holds a scan made with {what}: {advice}"
+
+
+def _shown(value) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
+
+
+# What a failed write leaves behind, said after its cause.
+AFTER_FAILED_COMMIT = ("every part written before is intact, and the files of this part will be scanned again "
+                       "on the next run")
+
+
+def _write_parquet(table: pa.Table, path: Path, after_failure: str = AFTER_FAILED_COMMIT) -> None:
     tmp = path.parent / f".{path.stem}.{os.getpid()}.tmp"
     try:
         pq.write_table(table, tmp, compression="zstd")
@@ -191,10 +328,7 @@ def _write_parquet(table: pa.Table, path: Path) -> None:
         _fsync_dir(path.parent)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise StoreError(
-            f"cannot write {path}: {exc.strerror or exc}; every part written before is intact, "
-            "and the files of this part will be scanned again on the next run"
-        ) from exc
+        raise StoreError(f"cannot write {path}: {exc.strerror or exc}; {after_failure}") from exc
 
 
 def _fsync_dir(folder: Path) -> None:

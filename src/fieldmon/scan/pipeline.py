@@ -92,6 +92,7 @@ def scan(
     meta = scan_metadata(bundle, settings, root)
     summary = ScanSummary()
     with DetectionStore(out, scan_key(bundle.model_id, settings), meta) as store:
+        summary.retimed = store.retimed  # the output was in another --tz: its rows now are in this one
         plan = plan_scan(root, store, summary)
         progress.start(len(plan.todo), sum(r.size for r in plan.todo), summary.files_skipped)
         collector = ScanCollector(bundle, settings, store, meta, summary, progress, options.commit_every_files,

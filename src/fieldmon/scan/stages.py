@@ -13,13 +13,12 @@ ScanCollector in the process that owns the output.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import torch
@@ -27,8 +26,9 @@ import torch
 from fieldmon.audio import AudioReadError, WindowBatch, open_sound, stream_windows
 from fieldmon.features import FeatureExtractor
 from fieldmon.model.bundle import ModelBundle
-from fieldmon.outputs.store import DetectionStore, FileRecord
-from fieldmon.recorder import RecorderInfo, recorder_info
+from fieldmon.outputs.retime import RetimeResult
+from fieldmon.outputs.store import DetectionStore, FileRecord, settings_key
+from fieldmon.recorder import RecorderInfo, parse_zone, recorder_info
 from fieldmon.scan.discovery import Recording, discover
 from fieldmon.scan.rows import concat_columns, detection_schema, file_schema, output_metadata, window_rows
 
@@ -50,12 +50,7 @@ class ScanSettings:
         return asdict(self)
 
     def zone(self) -> ZoneInfo | None:
-        if self.tz is None:
-            return None
-        try:
-            return ZoneInfo(self.tz)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"--tz {self.tz!r} is not a known time zone (use an IANA name such as Europe/Berlin)") from exc
+        return None if self.tz is None else parse_zone(self.tz)
 
 
 @dataclass
@@ -70,12 +65,40 @@ class ScanSummary:
     wall_seconds: float = 0.0
     interrupted: bool = False
     failures: list[tuple[str, str]] = field(default_factory=list)
+    retimed: RetimeResult | None = None  # the output was in another --tz; its rows were retimed to this one
+    model_sample_rate: int = 0
+    low_sample_rates: dict[int, int] = field(default_factory=dict)  # files scanned below the model's rate, by rate
+    files_without_utc: int = 0  # files scanned with a local (wall-clock) time but no zone to make it UTC
 
     @property
     def exit_code(self) -> int:
         if self.interrupted:
             return EXIT_INTERRUPTED
         return EXIT_FILES_FAILED if self.files_failed else EXIT_OK
+
+    def warnings(self, out: str) -> list[str]:
+        """One line each for what did not stop the scan but limits its rows."""
+        lines = []
+        if self.low_sample_rates:
+            # resampled up to the model's rate, a file has nothing above half its own rate,
+            # where the model learnt to look for sound too
+            rates = sorted(self.low_sample_rates)
+            n = sum(self.low_sample_rates.values())
+            files = f"{n} file is" if n == 1 else f"{n} files are"
+            if len(rates) == 1:
+                lines.append(f"{files} recorded at {rates[0]} Hz, below the model's {self.model_sample_rate} Hz: "
+                             f"bands above {rates[0] / 2:g} Hz are empty")
+            else:
+                each = ", ".join(f"{self.low_sample_rates[r]} at {r} Hz" for r in rates)
+                lines.append(f"{files} recorded below the model's {self.model_sample_rate} Hz ({each}): bands above "
+                             f"half a file's rate (from {rates[0] / 2:g} Hz) are empty")
+        if self.files_without_utc:
+            n = self.files_without_utc
+            files = f"{n} file gives" if n == 1 else f"{n} files give"
+            lines.append(f"{files} the recorder's local time but no time zone, so start_time (UTC) is empty: "
+                         f"fieldmon retime {out} --tz ZONE (an IANA zone such as Europe/Berlin) fills it in; "
+                         "then add --tz ZONE to this command")
+        return lines
 
 
 class ScanProgress:
@@ -91,8 +114,7 @@ def past(deadline: float | None) -> bool:
 
 
 def scan_key(model_id: str, settings: ScanSettings) -> str:
-    text = json.dumps({"model_id": model_id, **settings.key_fields()}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return settings_key(model_id, settings.key_fields())
 
 
 # -- planning -------------------------------------------------------------------
@@ -261,6 +283,7 @@ class ScanCollector:
         self.commit_every_seconds = commit_every_seconds
         emb_dim = bundle.network.settings.embedding_dim if settings.embeddings and bundle.network.is_embedding else None
         self.top_k = min(settings.top_k, len(bundle.class_names))
+        summary.model_sample_rate = bundle.feature_settings.sample_rate
         self.detection_schema = detection_schema(self.top_k, emb_dim, meta)
         self.file_schema = file_schema(meta)
         self.pending: dict[str, _Pending] = {}
@@ -304,6 +327,12 @@ class ScanCollector:
             self.summary.audio_seconds += seconds
             if decoded.windows:
                 self.pending_detections.append(self._rows(decoded, state))
+            rate = decoded.sample_rate
+            if rate and rate < self.summary.model_sample_rate:
+                self.summary.low_sample_rates[rate] = self.summary.low_sample_rates.get(rate, 0) + 1
+            info = decoded.info
+            if info is not None and info.local_start is not None and info.utc_start is None:
+                self.summary.files_without_utc += 1
         else:
             self.summary.files_failed += 1
             self.summary.failures.append((relative, decoded.error))
