@@ -124,3 +124,16 @@ def test_info_marks_a_model_below_the_target_and_prints_no_local_paths(tmp_path,
     (bundle / "model.json").write_text(json.dumps(meta))
     good = CliRunner().invoke(main, ["info", str(bundle)]).output
     assert "PRELIMINARY" not in good and "0.800 meets the 0.75 target" in good
+
+
+def test_every_option_has_a_help_text_and_shows_its_default():
+    import click
+
+    for name, command in main.commands.items():
+        for param in command.params:
+            if not isinstance(param, click.Option) or param.hidden:
+                continue
+            assert param.help, f"fieldmon {name} {param.opts[0]} has no help text"
+            no_default = (None, getattr(click.core, "UNSET", None))  # click 8.2+ marks "none given" with UNSET
+            if not param.is_flag and not param.required and all(param.default is not v for v in no_default):
+                assert param.show_default, f"fieldmon {name} {param.opts[0]} does not show its default"

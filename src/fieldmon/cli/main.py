@@ -95,8 +95,10 @@ class Duration(click.ParamType):
 @click.option("--time-budget", type=Duration(), default=None,
               help="Wall-clock budget, e.g. 20m, 90s or 2h: train until then (alone, or as a cap on --steps or "
                    "--epochs), keep the best weights by validation and write the model. Ctrl-C does the same early.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where to train: auto takes the GPU when there is one.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seeds the split, the initial weights, the mini-batches and the augmentation.")
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint in --out.")
 @click.option("--optimizer", type=click.Choice(["adamw", "adagrad", "adam"]), default=None,
               help="Default: adamw (compact), adagrad (paper; adam for its crossentropy baseline).")
@@ -111,15 +113,18 @@ class Duration(click.ParamType):
 @click.option("--triplet-update", type=click.Choice(["minibatch", "paper"]), default="minibatch", show_default=True,
               help="minibatch: one update per mini-batch over all its semi-hard triplets. "
                    "paper: updates on batches of at most --triplet-batch triplets, as in the paper.")
-@click.option("--triplet-batch", type=POSITIVE, default=50, show_default=True)
-@click.option("--windows-per-class", type=click.IntRange(min=2), default=5, show_default=True)
+@click.option("--triplet-batch", type=POSITIVE, default=50, show_default=True,
+              help="With --triplet-update paper: triplets per update.")
+@click.option("--windows-per-class", type=click.IntRange(min=2), default=5, show_default=True,
+              help="Windows of every species in each mini-batch.")
 @click.option("--distinct-clips/--any-clips", default=False, show_default=True,
               help="Draw a species' windows in a mini-batch from different clips, so that positive pairs "
                    "are different recordings.")
 @click.option("--batch-size", type=POSITIVE, default=None, help="Mini-batch size (default: windows-per-class x species).")
 @click.option("--hop", type=click.FloatRange(min=0.05, max=60.0), default=0.5, show_default=True,
               help="Seconds between training windows.")
-@click.option("--weight-decay", type=NON_NEGATIVE, default=1e-4, show_default=True)
+@click.option("--weight-decay", type=NON_NEGATIVE, default=1e-4, show_default=True,
+              help="Weight decay of the network's optimiser.")
 @click.option("--average", type=click.FloatRange(min=0.0, max=1.0, min_open=True, max_open=True), default=None,
               help="Validate and keep an exponential moving average of the weights with this decay per step "
                    "(e.g. 0.995) instead of the weights themselves.")
@@ -127,12 +132,17 @@ class Duration(click.ParamType):
               help="Dropout before each dense layer while training (default: the network's; compact 0, paper 0.5).")
 @click.option("--adagrad-initial-accumulator", type=NON_NEGATIVE, default=0.1, show_default=True,
               help="Adagrad's starting sum of squares (Keras/TensorFlow's default; 0 is torch's).")
-@click.option("--margin-start", type=click.FloatRange(min=0.0, max=4.0), default=0.2, show_default=True)
-@click.option("--margin-step", type=click.FloatRange(min=0.0, max=4.0), default=0.05, show_default=True)
-@click.option("--margin-max", type=click.FloatRange(min=0.0, max=4.0), default=0.6, show_default=True)
-@click.option("--margin-threshold", type=click.IntRange(min=0), default=15, show_default=True)
+@click.option("--margin-start", type=click.FloatRange(min=0.0, max=4.0), default=0.2, show_default=True,
+              help="Triplet margin at the start (dynamic margin, Algorithm 1).")
+@click.option("--margin-step", type=click.FloatRange(min=0.0, max=4.0), default=0.05, show_default=True,
+              help="How much the margin grows when semi-hard triplets run short.")
+@click.option("--margin-max", type=click.FloatRange(min=0.0, max=4.0), default=0.6, show_default=True,
+              help="The margin never grows beyond this.")
+@click.option("--margin-threshold", type=click.IntRange(min=0), default=15, show_default=True,
+              help="Fewer semi-hard triplets than this in three mini-batches in a row grow the margin.")
 @click.option("--eval-every", type=POSITIVE, default=25, show_default=True, help="Steps between validation checks.")
-@click.option("--checkpoint-every", type=POSITIVE, default=10, show_default=True)
+@click.option("--checkpoint-every", type=POSITIVE, default=10, show_default=True,
+              help="Steps between checkpoints in OUT/checkpoint (for --resume).")
 @click.option("--open-set-threshold", type=click.FloatRange(min=0.0, max=1.0), default=0.01, show_default=True,
               help="Reject a window as unknown when its open-set score is below this.")
 @click.option("--baseline/--no-baseline", default=True, show_default=True,
@@ -140,7 +150,7 @@ class Duration(click.ParamType):
                    "same split and print both scores.")
 @click.option("--cache", "cache_dir", type=click.Path(path_type=Path), default=None,
               help="Feature cache directory (default ~/.cache/fieldmon/features).")
-@click.option("--quiet", is_flag=True)
+@click.option("--quiet", is_flag=True, help="Only the final lines, no progress.")
 def train(clips, out, base, steps, epochs, time_budget, device, seed, resume, cache_dir, quiet, **options) -> None:
     """Train a species model on labelled CLIPS: a folder with one sub-folder per
     species, or a CSV manifest with path,label[,split] columns.
@@ -219,7 +229,8 @@ def _augmentations(value: str | None, param: click.Parameter) -> tuple[str, ...]
 @click.option("--split", type=click.Choice(["train", "validation", "test"]), default=None,
               help="Only the clips of this split of a manifest, e.g. MODEL/split.csv saved by fieldmon train.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the metrics as JSON.")
-@click.option("--cache", "cache_dir", type=click.Path(path_type=Path), default=None)
+@click.option("--cache", "cache_dir", type=click.Path(path_type=Path), default=None,
+              help="Feature cache directory (default ~/.cache/fieldmon/features).")
 @click.option("--precision", type=click.Choice(list(PRECISIONS)), default="fp32", show_default=True,
               help="fp32-onnx: the same numbers on ONNX Runtime. int8: the model's quantised trunk "
                    "(see fieldmon quantize). bf16, fp16: the trunk under torch.autocast (scans use them on GPUs).")
@@ -243,7 +254,8 @@ def evaluate(model, clips, outliers, split, json_out, cache_dir, precision) -> N
 @click.argument("model")
 @click.argument("clips", type=click.Path(exists=True, path_type=Path))
 @click.option("--windows", type=click.IntRange(1, 100_000), default=1024, show_default=True, help="Calibration windows.")
-@click.option("--cache", "cache_dir", type=click.Path(path_type=Path), default=None)
+@click.option("--cache", "cache_dir", type=click.Path(path_type=Path), default=None,
+              help="Feature cache directory (default ~/.cache/fieldmon/features).")
 def quantize(model, clips, windows, cache_dir) -> None:
     """Add an int8 version of MODEL's convolutions for `--precision int8`, calibrated
     on windows of the training clips CLIPS (folder or manifest); open-set rejection is
@@ -448,7 +460,8 @@ def report(detections, out, model, min_score, species, site, date_from, date_to)
 
 @main.command()
 @click.argument("detections", type=click.Path(exists=True, path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["raven", "audacity", "csv"]), required=True)
+@click.option("--format", "fmt", type=click.Choice(["raven", "audacity", "csv"]), required=True,
+              help="raven: selection tables; audacity: label tracks; csv: one flat table.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Export directory.")
 @filter_options
 def export(detections, fmt, out, min_score, species, site, date_from, date_to) -> None:
@@ -466,7 +479,7 @@ def export(detections, fmt, out, min_score, species, site, date_from, date_to) -
 @click.argument("detections", type=click.Path(exists=True, path_type=Path))
 @click.option("--per-species", type=click.IntRange(1, 100_000), default=10, show_default=True,
               help="Clips per species.")
-@click.option("--out", required=True, type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for the clips, their spectrograms and index.csv.")
 @click.option("--mode", type=click.Choice(["best", "random"]), default="best", show_default=True,
               help="The best-scoring windows, or a random sample of each species' windows.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="For --mode random.")
