@@ -87,6 +87,58 @@ def test_time_limit_stops_cleanly_and_the_next_run_continues(tmp_path, tiny_mode
     assert len(det) == 6 and sorted(files.path) == ["f0.wav", "f1.wav", "f2.wav"]
 
 
+def test_time_limit_holds_inside_a_large_batch(tmp_path, tiny_model, monkeypatch):
+    from fieldmon.scan import pipeline
+
+    write_wav(tmp_path / "rec" / "long.wav", 60.0)  # 600 windows at --hop 0.1: one batch, three chunks
+    calls = []
+    predict = pipeline.WindowPredictor.__call__
+
+    def slow(self, windows):
+        calls.append(len(windows))
+        time.sleep(1.0)
+        return predict(self, windows)
+
+    monkeypatch.setattr(pipeline.WindowPredictor, "__call__", slow)
+    out = tmp_path / "det.parquet"
+    stopped = scan(tmp_path / "rec", out, tiny_model, ScanSettings(hop_seconds=0.1),
+                   RunOptions(batch_size=4096, time_limit_s=0.5))
+    assert stopped.interrupted and stopped.exit_code == 130 and stopped.files_ok == 0
+    assert len(calls) < 3  # stopped between the chunks of the batch, not after it
+    monkeypatch.setattr(pipeline.WindowPredictor, "__call__", predict)
+    assert scan(tmp_path / "rec", out, tiny_model, ScanSettings(hop_seconds=0.1)).files_ok == 1
+    assert len(read(out)[0]) == 600
+
+
+def test_a_second_signal_stops_a_scan_at_once(tmp_path, tiny_model):
+    import signal
+
+    for i in range(3):
+        write_wav(tmp_path / "rec" / f"f{i}.wav", 4.0, seed=i)
+    started = tmp_path / "started"
+    # every batch takes 30 s, so only a stop at once ends this scan within seconds
+    script = ("import sys, time, pathlib\nimport fieldmon.scan.pipeline as p\n"
+              "predict, started = p.WindowPredictor.__call__, pathlib.Path(sys.argv[1])\n"
+              "def slow(self, w):\n    started.touch()\n    time.sleep(30)\n    return predict(self, w)\n"
+              "p.WindowPredictor.__call__ = slow\nfrom fieldmon.cli import main\n"
+              "sys.argv = ['fieldmon'] + sys.argv[2:]\nmain()\n")
+    proc = subprocess.Popen([sys.executable, "-c", script, str(started), "scan", str(tmp_path / "rec"), "--out",
+                             str(tmp_path / "det.parquet"), "--model", str(tiny_model), "--quiet"],
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not started.exists():
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    assert proc.poll() is None  # the first signal waits for the batch
+    stopping = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=20)
+    assert time.monotonic() - stopping < 10
+    assert proc.returncode == 130 and "stopped at once" in stderr and "Traceback" not in stderr
+
+
 def test_corrupt_files_are_recorded_and_the_run_continues(tmp_path, tiny_model):
     rec = tmp_path / "rec"
     write_wav(rec / "good1.wav", 2.0)

@@ -25,9 +25,14 @@ from fieldmon.outputs.store import DetectionStore
 from fieldmon.scan.discovery import Recording
 from fieldmon.scan.stages import (
     EXIT_ERROR, EXIT_FILES_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, DecodedFile, ScanCollector, ScanProgress,
-    ScanSettings, ScanSummary, WindowPredictor, decode_windows, past, plan_scan, scan_key, scan_metadata,
+    ScanSettings, ScanSummary, WindowPredictions, WindowPredictor, decode_windows, past, plan_scan, scan_key,
+    scan_metadata,
 )
 from fieldmon.signals import StopRequest
+
+# A batch runs through the network in chunks of this many windows, with the --time-limit
+# checked between them (the default batch of 64 is one chunk).
+DEADLINE_CHECK_WINDOWS = 256
 from fieldmon.tuning import keep_freed_memory, resolve_device
 
 __all__ = ["EXIT_ERROR", "EXIT_FILES_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "RayOptions", "RunOptions",
@@ -182,7 +187,17 @@ class _LocalEngine:
                 self._run_batch()
 
     def _run_batch(self) -> None:
-        predictions = self.predictor(np.concatenate([b.samples for _, b in self.batch]))
+        samples = np.concatenate([b.samples for _, b in self.batch])
+        parts = []
+        for start in range(0, len(samples), DEADLINE_CHECK_WINDOWS):
+            if past(self.deadline):
+                # --time-limit holds inside a large batch too: the batch is dropped, and its
+                # files, not yet finished, are scanned again by the next run.
+                self.collector.summary.interrupted = True
+                self.batch, self.batch_windows = [], 0
+                return
+            parts.append(self.predictor(samples[start:start + DEADLINE_CHECK_WINDOWS]))
+        predictions = WindowPredictions.concatenate(parts)
         i = 0
         for decoded, batch in self.batch:
             n = len(batch.starts)

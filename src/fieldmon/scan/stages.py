@@ -233,6 +233,17 @@ class WindowPredictions:
             None if self.embeddings is None else self.embeddings[start:stop],
         )
 
+    @staticmethod
+    def concatenate(parts: list[WindowPredictions]) -> WindowPredictions:
+        if len(parts) == 1:
+            return parts[0]
+        first = parts[0]
+        return WindowPredictions(
+            np.concatenate([p.probabilities for p in parts]),
+            None if first.open_set_scores is None else np.concatenate([p.open_set_scores for p in parts]),
+            None if first.embeddings is None else np.concatenate([p.embeddings for p in parts]),
+        )
+
 
 class WindowPredictor:
     """Features, network, classifier and open-set scores for a batch of raw windows,
