@@ -16,6 +16,7 @@ from fieldmon.features import (
     compute_features,
     repeat_to_length,
 )
+from fieldmon.median import LANES, running_median
 
 SETTINGS = FeatureSettings()
 TOLERANCE_DB = 1e-3
@@ -67,6 +68,36 @@ def test_numba_and_torch_backends_give_the_same_power_channels(hpss_power):
     assert fused.shape == reference.shape == (2, 3, SETTINGS.frame_length // 2 + 1, SETTINGS.n_frames)
     torch.testing.assert_close(fused, reference, rtol=1e-6, atol=1e-30)
     assert fused[1].abs().max() == 0
+
+
+@pytest.mark.parametrize("k", [1, 3, 31])
+@pytest.mark.parametrize(
+    "shape",
+    # short axes (reflected more than once), fewer columns than LANES, a partial last block
+    [(2, 5, 3), (1, 1, 1), (3, 17, LANES + 5), (2, 200, 2 * LANES), (1, 442, 200)],
+)
+def test_running_median_is_scipys_median_filter(shape, k):
+    # librosa.decompose.hpss calls scipy.ndimage.median_filter; the median only selects
+    # values, so the result must be equal, ties (few distinct values) included.
+    from scipy.ndimage import median_filter
+
+    rng = np.random.default_rng(k)
+    for x in (rng.integers(0, 4, shape).astype(np.float32), rng.random(shape, dtype=np.float32)):
+        expected = median_filter(x, size=(1, k, 1), mode="reflect")
+        assert np.array_equal(running_median(x, k), expected)
+        # a transposed (non-contiguous) view, as the features pass for the time axis
+        transposed = np.ascontiguousarray(x.transpose(0, 2, 1)).transpose(0, 2, 1)
+        assert np.array_equal(running_median(transposed, k), expected)
+
+
+def test_numba_features_of_real_clips_stay_close_to_librosa_everywhere():
+    # The bound above per window, here also for every channel of a batch that spans
+    # several CPU chunks and a partial one, so that no path escapes it.
+    windows = np.concatenate([real_windows(8)] * 3)[:20]
+    got = to_db(FeatureExtractor(SETTINGS, median="numba")(windows))
+    reference = np.stack([reference_features_db(w) for w in windows[:8]])
+    for i, features in enumerate(got):
+        assert np.abs(features - reference[i % 8]).max() <= TOLERANCE_DB
 
 
 def component_energy(signal: np.ndarray) -> tuple[float, float]:
