@@ -34,6 +34,28 @@ def test_time_budget_fits_the_schedule_and_stops_on_time(tmp_path):
     assert [h["step"] for h in state.history if h["val_macro_f1"] == best][0] == state.best_step
 
 
+def test_the_schedule_follows_a_pace_that_changes(tmp_path, monkeypatch):
+    import time
+
+    settings = TrainSettings(time_budget_seconds=4.0, windows_per_class=3, eval_every=5, warmup_steps=0)
+    loop = make_loop(tmp_path, settings)
+    plans = []
+    loop.on_message = lambda text: "fit the" in text and plans.append(loop.state.planned_steps)
+    step = loop._step
+
+    def shared_machine_then_alone():
+        time.sleep(0.3 if loop.state.step < 5 else 0.0)
+        return step()
+
+    monkeypatch.setattr(loop, "_step", shared_machine_then_alone)
+    state = loop.run()
+    assert state.out_of_time
+    first_plan = plans[0]
+    assert state.step > first_plan + settings.eval_every  # the pace did change
+    # planned again as the pace changed: the cosine ran to the end of the budget, not to the first plan
+    assert state.planned_steps >= state.step - settings.eval_every
+
+
 def test_ctrl_c_writes_the_model_from_the_best_weights_and_resume_continues(tmp_path):
     from test_training import small_manifest
 

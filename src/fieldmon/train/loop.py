@@ -147,17 +147,25 @@ class TrainingLoop:
         return self.total_minibatches if s.epochs is not None else self.state.planned_steps
 
     def _plan_for_time_budget(self, step_seconds: list[float], check_seconds: float) -> None:
-        """Fit the schedule to the time budget once a few steps have been timed: the
-        median step, plus the validation checks' share."""
+        """Fit the schedule to the time budget once a few steps have been timed (the
+        median step, plus the validation checks' share), and fit it again at every
+        validation check: on a shared machine the pace changes, and a schedule that
+        ended early would leave the rest of the budget at a learning rate of zero."""
         st, s = self.state, self.settings
-        if s.time_budget_seconds is None or s.steps is not None or s.epochs is not None or st.planned_steps:
+        if s.time_budget_seconds is None or s.steps is not None or s.epochs is not None:
             return
-        if len(step_seconds) < PACE_STEPS:
+        first = st.planned_steps is None
+        if first and len(step_seconds) >= PACE_STEPS:
+            recent = step_seconds
+        elif not first and st.step % s.eval_every == 0 and len(step_seconds) >= s.eval_every:
+            recent = step_seconds[-s.eval_every:]
+        else:
             return
-        pace = float(np.median(step_seconds)) + check_seconds / s.eval_every
+        pace = float(np.median(recent)) + check_seconds / s.eval_every
         st.planned_steps = max(st.step + 1, st.step + int((s.time_budget_seconds - st.seconds) / pace))
-        self.on_message(f"{pace:.2f} s per step with validation: about {st.planned_steps} steps fit the "
-                        f"{s.time_budget_seconds / 60:.0f}-minute budget")
+        if first:
+            self.on_message(f"{pace:.2f} s per step with validation: about {st.planned_steps} steps fit the "
+                            f"{s.time_budget_seconds / 60:.0f}-minute budget")
 
     def learning_rate(self, step: int) -> float:
         """Linear warm-up over ``warmup_steps``, then constant or a half cosine to zero."""
