@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fieldmon.model.network import DenseHead
+from fieldmon.model.network import DenseHead, he_init
 from fieldmon.settings import settings_from_dict, settings_to_dict
 
 
@@ -144,11 +144,8 @@ class CompactCNN(nn.Module):
         self.trunk = CompactTrunk(settings)
         out_units = settings.embedding_dim if n_classes is None else n_classes
         self.head = DenseHead(settings, out_units, normalize=n_classes is None)
-        for module in self.modules():
-            if isinstance(module, (nn.Conv2d, nn.Linear)):
-                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        for module in self.modules():  # pre-order: the seeded initial weights stay as they were
+            he_init(module)
 
     @property
     def is_embedding(self) -> bool:

@@ -154,7 +154,7 @@ class MultiscaleCNN(nn.Module):
             self.head = DenseHead(settings, settings.embedding_dim, normalize=True)
         else:
             self.head = DenseHead(settings, n_classes, normalize=False)
-        self.apply(_he_init)
+        self.apply(he_init)
 
     @property
     def is_embedding(self) -> bool:
@@ -164,10 +164,13 @@ class MultiscaleCNN(nn.Module):
         return self.head(self.trunk(features))
 
 
-def _he_init(module: nn.Module) -> None:
+def he_init(module: nn.Module) -> None:
+    """He-normal weights and zero biases for convolutions and dense layers (the paper's
+    plain ReLU stack does not train from PyTorch's default initialisation)."""
     if isinstance(module, (nn.Conv2d, nn.Linear)):
         nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-        nn.init.zeros_(module.bias)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
 
 
 class MLPClassifier(nn.Module):

@@ -29,11 +29,11 @@ from fieldmon.scan.stages import (
     scan_metadata,
 )
 from fieldmon.signals import StopRequest
+from fieldmon.tuning import keep_freed_memory, resolve_device
 
 # A batch runs through the network in chunks of this many windows, with the --time-limit
 # checked between them (the default batch of 64 is one chunk).
 DEADLINE_CHECK_WINDOWS = 256
-from fieldmon.tuning import keep_freed_memory, resolve_device
 
 __all__ = ["EXIT_ERROR", "EXIT_FILES_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "RayOptions", "RunOptions",
            "ScanProgress", "ScanSettings", "ScanSummary", "scan", "scan_key"]
