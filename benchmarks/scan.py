@@ -2,7 +2,7 @@
 
     python benchmarks/scan.py throughput [--hours 1] [--model default|DIR] [--device cpu|cuda]
                                          [--precision fp32,fp32-onnx,int8,bf16,fp16] [--birdnet PEER_SCRIPT]
-                                         [--batch-size 64] [--workers 2] [--stage-windows 256]
+                                         [--batch-size N] [--workers 2] [--stage-windows 256]
     python benchmarks/scan.py memory [--short-min 10] [--long-hours 10] [--model DIR]
 
 throughput: writes a synthetic recording (noise with tones and clicks; 48 kHz as
@@ -203,7 +203,7 @@ def main() -> None:
     parser.add_argument("--long-hours", type=float, default=10.0)
     parser.add_argument("--sample-rate", type=int, default=48000)
     parser.add_argument("--precision", default="fp32", help="comma-separated: " + ",".join(PRECISIONS))
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the scan's (16 on a CPU, 64 on a GPU)")
     parser.add_argument("--workers", type=int, default=2, help="decode threads of the end-to-end scan")
     parser.add_argument("--stage-windows", type=int, default=256, help="windows timed per stage")
     parser.add_argument("--birdnet", default=None, help="path of ../shared/tools/birdnet-peer")
@@ -220,6 +220,10 @@ def main() -> None:
         print(json.dumps(run_scan(args.audio, args.model, args.device, work / f"{args.audio.stem}.parquet")))
         return
     model = args.model or str(tiny_model(work))
+    if args.batch_size is None:
+        from fieldmon.scan.pipeline import default_batch_size
+
+        args.batch_size = default_batch_size(args.device)
     if args.mode == "throughput":
         import torch
 

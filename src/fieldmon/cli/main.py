@@ -295,8 +295,8 @@ def quantize(model, clips, windows, cache_dir) -> None:
                    "windows a UTC start_time. A new zone for an existing output retimes its rows.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="auto: the GPU when torch sees one.")
-@click.option("--batch-size", type=click.IntRange(1, 4096), default=64, show_default=True,
-              help="Windows per batch through features and network.")
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=None,
+              help="Windows per batch through features and network [default: 16 on a CPU, 64 on a GPU].")
 @click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True, help="Decoding threads.")
 @click.option("--precision", type=click.Choice(list(PRECISIONS)), default="fp32", show_default=True,
               help="On CPU, with pip install 'fieldmon[int8]': fp32-onnx gives the same numbers about 2x "
