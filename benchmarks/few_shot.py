@@ -2,6 +2,7 @@
 
     python benchmarks/few_shot.py OUT [--data ../shared/data/insectset32] [--species 8] [--clips 5]
                                       [--sets 3] [--budget 20m] [--base-budget 60m | --base MODEL]
+                                      [--trunk-lr-scale 1.0]
 
 1. Holds out ``--species`` species that have at least ``--clips`` + 3 clips (seeded choice).
 2. Trains a base model on the other species (their dataset split), unless ``--base`` names one;
@@ -46,6 +47,7 @@ def main() -> None:
     parser.add_argument("--budget", default="20m", help="time budget of each site model")
     parser.add_argument("--base-budget", default="60m", help="time budget of the base model")
     parser.add_argument("--base", default=None, help="a base model that has not heard the held-out species")
+    parser.add_argument("--trunk-lr-scale", type=float, default=1.0, help="as fieldmon train --trunk-lr-scale")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", type=Path, default=None)
     args = parser.parse_args()
@@ -81,7 +83,8 @@ def main() -> None:
         site_manifest = write_manifest(args.out / f"set{index}.csv", args.data, train_rows, split=False)
         eval_manifest = write_manifest(args.out / f"set{index}-eval.csv", args.data, eval_rows, split=False)
         site = args.out / f"set{index}"
-        settings = TrainSettings(time_budget_seconds=duration.convert(args.budget, None, None), seed=index)
+        settings = TrainSettings(time_budget_seconds=duration.convert(args.budget, None, None), seed=index,
+                                 trunk_lr_scale=args.trunk_lr_scale)
         bundle = train(site_manifest, site, settings, base=base, cache_dir=args.cache,
                        callbacks=TrainCallbacks(message=print_flush))
         deep = evaluate(site, eval_manifest, cache_dir=args.cache)

@@ -89,6 +89,20 @@ def test_weight_change_is_the_relative_distance_from_initialisation(tmp_path):
     assert 0.0 < moved[1e-3] < moved[1e-1]
 
 
+def test_trunk_lr_scale_moves_the_trunk_less_than_the_head(tmp_path):
+    def moved(loop, part):
+        named = dict(getattr(loop.module, part).named_parameters())
+        return sum(float((p.detach() - loop.initial_weights[f"{part}.{n}"]).abs().sum()) for n, p in named.items())
+
+    ratios = {}
+    for scale in (1.0, 0.01):
+        loop = make_loop(tmp_path / str(scale), TrainSettings(steps=3, windows_per_class=3, eval_every=3,
+                                                              trunk_lr_scale=scale, weight_decay=0.0))
+        loop.run()
+        ratios[scale] = moved(loop, "trunk") / moved(loop, "head")
+    assert ratios[0.01] < 0.05 * ratios[1.0]
+
+
 def test_first_adagrad_update_follows_the_gradient_not_its_sign(tmp_path):
     # Keras/TensorFlow's Adagrad starts its sum of squares at 0.1; with torch's 0 the
     # first update is +-lr on every weight, however small its gradient.

@@ -103,6 +103,9 @@ class Duration(click.ParamType):
 @click.option("--optimizer", type=click.Choice(["adamw", "adagrad", "adam"]), default=None,
               help="Default: adamw (compact), adagrad (paper; adam for its crossentropy baseline).")
 @click.option("--lr", type=click.FloatRange(min=0.0, max=10.0), default=1e-3, show_default=True, help="Peak learning rate.")
+@click.option("--trunk-lr-scale", type=click.FloatRange(min=0.0, max=1.0, min_open=True), default=1.0,
+              show_default=True, help="The convolutional trunk's learning rate as a share of --lr (e.g. 0.1 to "
+                                      "fine-tune a --base model's trunk more gently than its head).")
 @click.option("--schedule", type=click.Choice(["cosine", "constant"]), default=None,
               help="Learning rate over the budget. Default: cosine (compact), constant (paper).")
 @click.option("--warmup-steps", type=click.IntRange(min=0), default=None,

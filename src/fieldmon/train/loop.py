@@ -120,7 +120,7 @@ class TrainingLoop:
         self.sampler = ClassBalancedSampler(
             data.labels.numpy(), settings.windows_per_class, settings.batch_size, settings.seed, clips
         )
-        self.optimizer = make_optimizer([p for p in module.parameters() if p.requires_grad], settings)
+        self.optimizer = make_optimizer(_parameter_groups(module, settings.trunk_lr_scale), settings)
         self.augment = tuple(settings.augment) if data.are_features else ()
         s = settings
         self.state = LoopState(
@@ -228,7 +228,7 @@ class TrainingLoop:
     def _step(self) -> tuple[float, int | None]:
         torch.manual_seed(self.settings.seed * 1_000_003 + self.state.step)
         for group in self.optimizer.param_groups:
-            group["lr"] = self.learning_rate(self.state.step)
+            group["lr"] = self.learning_rate(self.state.step) * group.get("lr_scale", 1.0)
         self.module.train()
         if not self.triplet:
             return self._crossentropy_step(), None
@@ -464,7 +464,17 @@ def read_checkpoint_meta(directory: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def make_optimizer(params: list[torch.nn.Parameter], settings: TrainSettings) -> torch.optim.Optimizer:
+def _parameter_groups(module: nn.Module, trunk_lr_scale: float) -> list[dict]:
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    trunk = getattr(module, "trunk", None)
+    if trunk_lr_scale == 1.0 or trunk is None:
+        return [{"params": trainable}]
+    in_trunk = {id(p) for p in trunk.parameters()}
+    return [{"params": [p for p in trainable if id(p) in in_trunk], "lr_scale": trunk_lr_scale},
+            {"params": [p for p in trainable if id(p) not in in_trunk]}]
+
+
+def make_optimizer(params: list, settings: TrainSettings) -> torch.optim.Optimizer:
     s = settings
     if s.optimizer == "adagrad":
         return torch.optim.Adagrad(params, lr=s.learning_rate, weight_decay=s.weight_decay,

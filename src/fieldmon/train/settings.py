@@ -48,6 +48,9 @@ class TrainSettings:
     schedule: str = "cosine"
     warmup_steps: int = 50
     learning_rate: float = 1e-3
+    # The trunk's learning rate as a share of the rest's: below 1 when fine-tuning a base
+    # model keeps more of what its convolutions learnt (layer-wise learning rates).
+    trunk_lr_scale: float = 1.0
     weight_decay: float = 1e-4
     # Adagrad's starting sum of squared gradients. 0.1 is the default of the Keras /
     # TensorFlow Adagrad that the paper's "Adagrad, lr 1e-3" (tf.keras's own default
@@ -105,6 +108,8 @@ class TrainSettings:
             raise ValueError(f"the time budget must be positive, not {self.time_budget_seconds}")
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), not {self.dropout}")
+        if not 0.0 < self.trunk_lr_scale <= 1.0:
+            raise ValueError(f"trunk_lr_scale must be in (0, 1], not {self.trunk_lr_scale}")
         if self.average is not None and not 0.0 < self.average < 1.0:
             raise ValueError(f"average (the decay of the weight average) must be in (0, 1), not {self.average}")
         if self.windows_per_class < 2:
