@@ -498,3 +498,40 @@ def clips(detections, per_species, out, mode, seed, audio_root, min_score, speci
     with _writing(out):
         table = extract_clips(output, root, out, per_species, mode, seed)
     click.echo(f"wrote {len(table)} clips to {out} (index.csv)")
+
+
+@main.command()
+@click.argument("detections", type=click.Path(exists=True, path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Folder for index.html, its clips (FLAC) and spectrograms (PNG) in media/, and sample.csv.")
+@click.option("--per-species", type=click.IntRange(1, 10_000), default=20, show_default=True,
+              help="Windows to review per species (all of a species' windows when it has fewer).")
+@click.option("--strata", type=click.IntRange(1, 20), default=4, show_default=True,
+              help="Score strata per species: equal-width bins over the species' score range, sampled evenly.")
+@click.option("--context", type=click.FloatRange(0.0, 30.0), default=3.0, show_default=True,
+              help="Seconds of audio before and after the window in each clip (0 to 30).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seeds the sample.")
+@click.option("--audio-root", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Where the recordings are now (default: the folder that was scanned).")
+@filter_options
+def review(detections, out, per_species, strata, context, seed, audio_root, min_score, species, site, date_from,
+           date_to) -> None:
+    """A review page: a sample of each species' detections, stratified by score, as one
+    HTML page (works offline, e.g. from a USB stick) with a clip and spectrogram of every
+    window and buttons correct / wrong / unsure. The page saves the verdicts as a CSV
+    for fieldmon review-summary and fieldmon train --add-verified."""
+    from fieldmon.outputs.review import ReviewSettings, write_review
+
+    output = _read(detections, _filters(min_score, species, site, date_from, date_to))
+    root = audio_root or output.metadata.get("root")
+    if root is None:
+        raise click.UsageError("the scan does not record its folder; pass --audio-root")
+    settings = ReviewSettings(per_species=per_species, strata=strata, context_s=context, seed=seed)
+    with _writing(out):
+        result = write_review(output, root, out, settings, warn=lambda line: click.echo(line, err=True))
+    per = result.sample.groupby("species").size() if len(result.sample) else {}
+    click.echo(f"wrote {result.page}: {len(result.sample)} windows of {len(per)} species to review"
+               + (f" ({len(result.skipped)} left out: audio not readable)" if result.skipped else ""))
+    if not len(result.sample):
+        click.echo("warning: nothing to review: no window has a species (all unknown, or the filters left none)",
+                   err=True)

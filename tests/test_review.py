@@ -1,0 +1,181 @@
+"""The review loop: the stratified sample, the review page (in headless Chromium when
+it is installed), the verdicts CSV, precision per species and score thresholds."""
+
+from __future__ import annotations
+
+import csv
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from cdp import Browser, find_browser
+from conftest import write_wav
+from fieldmon.cli import main
+from fieldmon.outputs.review import VERDICT_COLUMNS, ReviewSettings, stratified_sample
+from fieldmon.scan.pipeline import scan
+
+
+def windows(scores: dict[str, list[float]]) -> pd.DataFrame:
+    rows = [(species, score, f"{species}.wav", float(i)) for species, values in scores.items()
+            for i, score in enumerate(values)]
+    return pd.DataFrame(rows, columns=["label", "score", "path", "window_start_s"])
+
+
+def test_the_sample_spreads_over_the_score_range_and_its_weights_add_up_to_the_detections():
+    rng = np.random.default_rng(1)
+    # most windows score low: a simple random sample would hardly see the high scores
+    many = list(np.concatenate([rng.uniform(0.1, 0.4, 300), rng.uniform(0.4, 0.95, 20)]))
+    detections = windows({"cricket": many, "katydid": [0.5, 0.6, 0.7]})
+    sample = stratified_sample(detections, ReviewSettings(per_species=12, strata=4, seed=3))
+    cricket = sample[sample.label == "cricket"]
+    assert len(cricket) == 12 and cricket.stratum.nunique() == 4
+    assert (cricket.score > 0.8).sum() >= 2  # the top stratum is sampled as often as the bottom
+    for stratum, group in cricket.groupby("stratum"):
+        low, high = group.stratum_low.iloc[0], group.stratum_high.iloc[0]
+        inside = (detections.score >= low) & ((detections.score < high) if stratum < 3 else True)
+        assert group.stratum_windows.iloc[0] == (inside & (detections.label == "cricket")).sum()
+        assert group.score.isin(detections.score[inside]).all()
+    # each stratum's size counted once per stratum is every window of the species
+    assert cricket.drop_duplicates("stratum").stratum_windows.sum() == len(many)
+    katydid = sample[sample.label == "katydid"]
+    assert sorted(katydid.score) == [0.5, 0.6, 0.7]  # fewer windows than asked for: all of them
+    again = stratified_sample(detections, ReviewSettings(per_species=12, strata=4, seed=3))
+    assert again.equals(sample)
+    other = stratified_sample(detections, ReviewSettings(per_species=12, strata=4, seed=4))
+    assert not other[other.label == "cricket"].window_start_s.equals(cricket.window_start_s)
+
+
+@pytest.fixture(scope="module")
+def scanned(tmp_path_factory, accepting_model):
+    """Song Meter names (local time) at one site: every window gets a species."""
+    root = tmp_path_factory.mktemp("recordings")
+    for i, name in enumerate(["S4A00001_20240501_053000.wav", "S4A00001_20240501_060000.wav",
+                              "S4A00001_20240501_063000.wav"]):
+        write_wav(root / name, 8.0, sr=16000, seed=i)
+    out = root.parent / "det.parquet"
+    scan(root, out, accepting_model)
+    return root, out
+
+
+def review(scanned, out, *extra):
+    root, detections = scanned
+    return CliRunner().invoke(main, ["review", str(detections), "--out", str(out), "--audio-root", str(root),
+                                     "--per-species", "4", "--context", "1", *extra])
+
+
+def test_review_page_is_offline_with_media_beside_it(scanned, tmp_path):
+    result = review(scanned, tmp_path / "review")
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "review"
+    sample = pd.read_csv(out / "sample.csv")
+    page = (out / "index.html").read_text()
+    assert "http://" not in page and "https://" not in page
+    for item in sample.itertuples():
+        stem = f"media/{item.item:04d}_{item.species}"
+        assert f'"{stem}.flac"' in page and f'"{stem}.png"' in page
+        assert (out / f"{stem}.flac").stat().st_size > 0 and (out / f"{stem}.png").stat().st_size > 0
+    assert f"wrote {out / 'index.html'}: {len(sample)} windows" in result.output
+    assert sample.groupby("species").size().max() <= 4
+    assert (sample.weight == sample.stratum_windows / sample.stratum_sampled).all()
+
+
+def test_a_missing_recording_skips_its_windows_with_a_warning(scanned, tmp_path):
+    root, _ = scanned
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for wav in root.iterdir():
+        (moved / wav.name).write_bytes(wav.read_bytes())
+    (moved / "S4A00001_20240501_060000.wav").unlink()
+    (moved / "S4A00001_20240501_063000.wav").write_bytes(b"RIFF broken")
+    result = review((moved, scanned[1]), tmp_path / "review")
+    assert result.exit_code == 0, result.output
+    assert "S4A00001_20240501_060000.wav: cannot read the audio" in result.output
+    assert "S4A00001_20240501_063000.wav: cannot read the audio" in result.output
+    sample = pd.read_csv(tmp_path / "review" / "sample.csv")
+    assert set(sample.path) == {"S4A00001_20240501_053000.wav"}
+    assert "left out: audio not readable" in result.output
+
+
+@pytest.fixture
+def browser():
+    executable = find_browser()
+    if executable is None:
+        pytest.skip("needs Chromium for the browser test (apt-get install chromium); not installed here")
+    with Browser(executable) as opened:
+        yield opened
+
+
+MEDIA_STATE = """(() => {
+  const audio = [...document.querySelectorAll("audio")], images = [...document.images];
+  if (!audio.every(a => a.readyState >= 1 || a.error) || !images.every(i => i.complete)) return null;
+  return {audio: audio.map(a => ({ok: !a.error && a.duration > 0, src: a.getAttribute("src")})),
+          images: images.map(i => ({ok: i.naturalWidth > 0, src: i.getAttribute("src")}))};
+})()"""
+
+PAGE_VERDICTS = """[...document.querySelectorAll(".item")].map(card => [card.dataset.item, card.dataset.verdict,
+  card.querySelector("select").value])"""
+
+
+def click(browser, item: int, verdict: str) -> None:
+    browser.evaluate(f'document.querySelector("#item-{item} button[data-verdict={verdict}]").click()')
+
+
+def choose_species(browser, item: int, species: str) -> None:
+    browser.evaluate(f'(() => {{ const s = document.querySelector("#item-{item} select"); s.value = {species!r};'
+                     's.dispatchEvent(new Event("change")); })()')
+
+
+def save_csv(browser, folder) -> list[dict]:
+    folder.mkdir(exist_ok=True)
+    browser.send("Browser.setDownloadBehavior", behavior="allow", downloadPath=str(folder))
+    browser.evaluate('document.getElementById("save").click()')
+    deadline = time.monotonic() + 20
+    while not (saved := [p for p in folder.glob("verdicts-*.csv")]):
+        assert time.monotonic() < deadline, "the page saved no CSV"
+        time.sleep(0.1)
+    with open(saved[0], newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_review_page_in_chromium_loads_its_media_and_round_trips_the_verdicts(scanned, tmp_path, browser):
+    out = tmp_path / "review"
+    assert review(scanned, out, "--per-species", "12").exit_code == 0
+    sample = pd.read_csv(out / "sample.csv")
+    assert len(sample) >= 5, sample
+    browser.open((out / "index.html").as_uri())
+    media = browser.wait_for(MEDIA_STATE)
+    assert len(media["audio"]) == len(media["images"]) == len(sample)
+    assert all(m["ok"] for m in media["audio"] + media["images"]), media
+
+    other = next(s for s in browser.evaluate("DATA.species") if s != sample.species[1])
+    click(browser, 1, "correct")
+    click(browser, 2, "wrong")
+    choose_species(browser, 2, other)
+    click(browser, 3, "wrong")  # wrong, and none of the listed species
+    click(browser, 4, "unsure")
+    assert browser.evaluate(PAGE_VERDICTS)[:4] == [["1", "correct", ""], ["2", "wrong", other], ["3", "wrong", ""],
+                                                   ["4", "unsure", ""]]
+    rows = save_csv(browser, tmp_path / "downloads")
+    assert list(rows[0]) == VERDICT_COLUMNS and len(rows) == len(sample)
+    assert [(r["verdict"], r["correct_species"]) for r in rows[:5]] == [
+        ("correct", ""), ("wrong", other), ("wrong", ""), ("unsure", ""), ("", "")]
+    for row, expected in zip(rows, sample.itertuples(), strict=True):
+        assert (row["species"], row["path"], float(row["score"])) == (expected.species, expected.path, expected.score)
+
+    # the browser keeps the verdicts over a reload...
+    browser.open((out / "index.html").as_uri())
+    assert browser.evaluate(PAGE_VERDICTS)[1] == ["2", "wrong", other]
+    # ...and a page without them gets them back from the saved CSV
+    browser.evaluate("localStorage.clear()")
+    browser.open((out / "index.html").as_uri())
+    assert browser.evaluate(PAGE_VERDICTS)[0] == ["1", "", ""]
+    document = browser.send("DOM.getDocument")
+    node = browser.send("DOM.querySelector", nodeId=document["root"]["nodeId"], selector="#load")
+    saved = next((tmp_path / "downloads").glob("verdicts-*.csv"))
+    browser.send("DOM.setFileInputFiles", nodeId=node["nodeId"], files=[str(saved)])
+    assert "restored 4 windows" in browser.wait_for('document.getElementById("status").textContent')
+    assert browser.evaluate(PAGE_VERDICTS)[:5] == [["1", "correct", ""], ["2", "wrong", other], ["3", "wrong", ""],
+                                                   ["4", "unsure", ""], ["5", "", ""]]
