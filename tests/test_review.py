@@ -55,7 +55,7 @@ def scanned(tmp_path_factory, accepting_model):
     for i, name in enumerate(["S4A00001_20240501_053000.wav", "S4A00001_20240501_060000.wav",
                               "S4A00001_20240501_063000.wav"]):
         write_wav(root / name, 8.0, sr=16000, seed=i)
-    out = root.parent / "det.parquet"
+    out = tmp_path_factory.mktemp("review-scan") / "det.parquet"
     scan(root, out, accepting_model)
     return root, out
 
