@@ -4,6 +4,7 @@ it is installed), the verdicts CSV, precision per species and score thresholds."
 from __future__ import annotations
 
 import csv
+import json
 import time
 
 import numpy as np
@@ -15,6 +16,8 @@ from cdp import Browser, find_browser
 from conftest import write_wav
 from fieldmon.cli import main
 from fieldmon.outputs.review import VERDICT_COLUMNS, ReviewSettings, stratified_sample
+from fieldmon.outputs.tables import read_scan
+from fieldmon.outputs.verdicts import precision_table, wilson
 from fieldmon.scan.pipeline import scan
 
 
@@ -179,3 +182,98 @@ def test_review_page_in_chromium_loads_its_media_and_round_trips_the_verdicts(sc
     assert "restored 4 windows" in browser.wait_for('document.getElementById("status").textContent')
     assert browser.evaluate(PAGE_VERDICTS)[:5] == [["1", "correct", ""], ["2", "wrong", other], ["3", "wrong", ""],
                                                    ["4", "unsure", ""], ["5", "", ""]]
+    # the saved CSV is what review-summary reads
+    result = CliRunner().invoke(main, ["review-summary", str(saved), "--out", str(tmp_path / "thresholds.json")])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(tmp_path / "thresholds.csv")
+    assert table.correct.sum() == 1 and table.wrong.sum() == 2 and table.unsure.sum() == 1
+
+
+def verdict_rows(strata: list[tuple[int, list[tuple[float, str]]]], species: str = "cricket") -> pd.DataFrame:
+    """strata: (windows in the stratum, [(score, verdict), ...] reviewed from it)."""
+    rows = []
+    for s, (size, reviewed) in enumerate(strata):
+        for score, verdict in reviewed:
+            rows.append({"species": species, "stratum": s, "stratum_windows": size, "score": score,
+                         "verdict": verdict, "correct_species": ""})
+    return pd.DataFrame(rows)
+
+
+def test_wilson_interval_matches_the_textbook_values():
+    assert wilson(0.5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    assert wilson(1.0, 20) == pytest.approx((0.8389, 1.0), abs=1e-4)
+
+
+def test_precision_is_weighted_back_to_all_detections_and_the_threshold_reaches_the_target():
+    low = [(0.30, "correct"), (0.32, "wrong"), (0.35, "wrong"), (0.38, "wrong"), (0.31, "unsure")]
+    high = [(0.80, "correct"), (0.85, "correct"), (0.90, "correct"), (0.95, "correct")]
+    table = precision_table(verdict_rows([(100, low), (10, high)]), target=0.9).iloc[0]
+    # 100 windows at 1/4 correct and 10 at 4/4 (the unsure window counts in neither)
+    assert table.precision == pytest.approx((100 * 0.25 + 10 * 1.0) / 110)
+    weights = np.array([25.0] * 4 + [2.5] * 4)
+    n_eff = weights.sum() ** 2 / (weights**2).sum()
+    assert table.effective_n == pytest.approx(n_eff)
+    assert (table.low, table.high) == pytest.approx(wilson(table.precision, n_eff))
+    assert (table.correct, table.wrong, table.unsure) == (5, 3, 1)
+    assert table.threshold == 0.80 and table.precision_at_threshold == 1.0 and table.reviewed_at_threshold == 4
+    # a wrong window at the top: the lowest score where the windows above it reach 0.75
+    high[3] = (0.95, "wrong")
+    table = precision_table(verdict_rows([(100, low), (10, high)]), target=0.75).iloc[0]
+    assert table.threshold == 0.80 and table.precision_at_threshold == pytest.approx(0.75)
+    assert np.isnan(precision_table(verdict_rows([(100, low), (10, high)]), target=0.99).iloc[0].threshold)
+
+
+def mark(sample: pd.DataFrame, rule) -> pd.DataFrame:
+    """A verdicts table as the page saves it, with ``rule(row) -> (verdict, correct_species)``."""
+    marked = sample.copy()
+    marked[["verdict", "correct_species"]] = [rule(row) for row in sample.itertuples()]
+    return marked[VERDICT_COLUMNS]
+
+
+def test_review_summary_thresholds_are_applied_by_export_and_report(scanned, tmp_path):
+    root, detections = scanned
+    assert review(scanned, tmp_path / "review", "--per-species", "12").exit_code == 0
+    sample = pd.read_csv(tmp_path / "review" / "sample.csv")
+    cut = {species: group.score.median() for species, group in sample.groupby("species")}
+    verdicts = tmp_path / "verdicts.csv"
+    mark(sample, lambda r: ("correct" if r.score >= cut[r.species] else "wrong", "")).to_csv(verdicts, index=False)
+    result = CliRunner().invoke(main, ["review-summary", str(verdicts), "--target-precision", "1",
+                                       "--out", str(tmp_path / "thresholds.json")])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(tmp_path / "thresholds.csv").set_index("species")
+    thresholds = json.loads((tmp_path / "thresholds.json").read_text())
+    for species, group in sample.groupby("species"):
+        lowest_correct = group.score[group.score >= cut[species]].min()
+        assert table.loc[species, "threshold"] == thresholds["species"][species]["threshold"] == lowest_correct
+        assert f"{species:<30}" in result.output
+    assert thresholds["target_precision"] == 1 and "Wilson" in thresholds["interval"]
+    assert thresholds["provenance"]["verdicts"] == str(verdicts)
+
+    result = CliRunner().invoke(main, ["export", str(detections), "--format", "csv", "--out", str(tmp_path / "e"),
+                                       "--thresholds", str(tmp_path / "thresholds.json")])
+    assert result.exit_code == 0, result.output
+    kept = pd.read_csv(tmp_path / "e" / "detections.csv")
+    everything = read_scan(detections).detections
+    at_least = everything.label.map(lambda label: thresholds["species"][label]["threshold"])
+    expected = everything[everything.score >= at_least]
+    assert len(kept) == len(expected) < len(everything)
+    result = CliRunner().invoke(main, ["report", str(detections), "--out", str(tmp_path / "r"),
+                                       "--thresholds", str(tmp_path / "thresholds.json")])
+    assert result.exit_code == 0, result.output
+    assert "review thresholds of" in (tmp_path / "r" / "report.html").read_text()
+    summary = pd.read_csv(tmp_path / "r" / "species_summary.csv")
+    assert summary.windows.sum() == len(expected)
+
+
+def test_bad_verdicts_and_thresholds_files_are_named(scanned, tmp_path):
+    _, detections = scanned
+    bad = tmp_path / "notes.csv"
+    bad.write_text("a,b\n1,2\n")
+    result = CliRunner().invoke(main, ["review-summary", str(bad)])
+    assert result.exit_code == 1 and f"{bad}: not a verdicts CSV" in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(main, ["export", str(detections), "--format", "csv", "--out", str(tmp_path / "e"),
+                                       "--thresholds", str(bad)])
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert result.exit_code == 2 and len(errors) == 1 and "--thresholds" in errors[0] and str(bad) in result.output
+    result = CliRunner().invoke(main, ["review-summary", str(bad), "--target-precision", "0"])
+    assert result.exit_code == 2 and "--target-precision" in result.output

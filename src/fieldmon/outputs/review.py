@@ -131,7 +131,7 @@ def write_review(output: ScanOutput, audio_root: str | Path, out_dir: str | Path
                          colorbar=True, marks=(offset, offset + row.window_end_s - row.window_start_s))
         when = getattr(row, time_column)
         record = {
-            "review_id": review_id, "item": number, "species": row.label, "score": round(float(row.score), 6),
+            "review_id": review_id, "item": number, "species": row.label, "score": float(row.score),
             "path": row.path, "window_start_s": row.window_start_s, "window_end_s": row.window_end_s,
             "time": "" if pd.isna(when) else str(when), "stratum": row.stratum, "stratum_low": row.stratum_low,
             "stratum_high": row.stratum_high, "stratum_windows": row.stratum_windows,
