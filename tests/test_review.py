@@ -10,15 +10,20 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+import soundfile as sf
 from click.testing import CliRunner
 
 from cdp import Browser, find_browser
 from conftest import write_wav
+from fieldmon import load_model
 from fieldmon.cli import main
 from fieldmon.outputs.review import VERDICT_COLUMNS, ReviewSettings, stratified_sample
 from fieldmon.outputs.tables import read_scan
 from fieldmon.outputs.verdicts import precision_table, wilson
 from fieldmon.scan.pipeline import scan
+from fieldmon.train.api import TrainCallbacks, train
+from fieldmon.train.settings import TrainSettings
+from test_training import TINY_COMPACT
 
 
 def windows(scores: dict[str, list[float]]) -> pd.DataFrame:
@@ -277,3 +282,40 @@ def test_bad_verdicts_and_thresholds_files_are_named(scanned, tmp_path):
     assert result.exit_code == 2 and len(errors) == 1 and "--thresholds" in errors[0] and str(bad) in result.output
     result = CliRunner().invoke(main, ["review-summary", str(bad), "--target-precision", "0"])
     assert result.exit_code == 2 and "--target-precision" in result.output
+
+
+def test_verified_windows_become_training_clips_of_their_right_species(scanned, tmp_path):
+    root, _ = scanned
+    assert review(scanned, tmp_path / "review", "--per-species", "12").exit_code == 0
+    sample = pd.read_csv(tmp_path / "review" / "sample.csv")
+    assert len(sample) >= 5
+    first, second = sample.species.iloc[0], next(s for s in ["cricket", "katydid", "cicada"] if s != sample.species.iloc[1])
+    marks = {1: ("correct", ""), 2: ("wrong", second), 3: ("wrong", ""), 4: ("wrong", "Tettigonia viridissima"),
+             5: ("unsure", "")}
+    verdicts = tmp_path / "verdicts.csv"
+    mark(sample, lambda r: marks.get(r.item, ("", ""))).to_csv(verdicts, index=False)
+    clips = tmp_path / "clips"
+    for i, species in enumerate(["cricket", "katydid", "cicada"] * 2):
+        write_wav(clips / species / f"{i}.wav", 3.0, sr=16000, seed=10 + i)
+    messages = []
+    settings = TrainSettings(steps=1, windows_per_class=2, eval_every=1, hop_seconds=1.0, baseline=False,
+                             mlp_max_epochs=20)
+    bundle = train(clips, tmp_path / "model", settings,
+                   cache_dir=tmp_path / "cache", network_settings=TINY_COMPACT, verified=verdicts,
+                   callbacks=TrainCallbacks(message=messages.append))
+    review_counts = bundle.training["from_review"]
+    assert {k: review_counts[k] for k in ("correct", "relabelled", "wrong_without_species", "species_not_trained",
+                                          "clips_added")} == {"correct": 1, "relabelled": 1, "wrong_without_species": 1,
+                                                              "species_not_trained": 1, "clips_added": 2}
+    assert any("'Tettigonia viridissima', which the training clips do not have" in m for m in messages)
+    assert load_model(tmp_path / "model").training["from_review"] == review_counts  # written to model.json
+    split = pd.read_csv(tmp_path / "model" / "split.csv")
+    added = split[split.path.str.contains("verified_clips")].sort_values("path")
+    assert list(added.label) == [first, second] and set(added.split) == {"train"}
+    # the clip is the window itself, cut from the original recording
+    for clip, item in zip(added.path, sample.iloc[:2].itertuples(), strict=True):
+        got, sr = sf.read(clip, dtype="float32")
+        source, _ = sf.read(root / item.path, dtype="float32")
+        start = int(round(item.window_start_s * sr))
+        np.testing.assert_allclose(got, source[start:start + len(got)], atol=1e-6)
+        assert len(got) == round((item.window_end_s - item.window_start_s) * sr)

@@ -150,8 +150,12 @@ class Duration(click.ParamType):
                    "same split and print both scores.")
 @click.option("--cache", "cache_dir", type=click.Path(path_type=Path), default=None,
               help="Feature cache directory (default ~/.cache/fieldmon/features).")
+@click.option("--add-verified", "verified", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="A review page's verdicts CSV: windows marked correct (or wrong with the right species) are cut "
+                   "from the recordings into OUT/verified_clips and join the train split; see the README.")
 @click.option("--quiet", is_flag=True, help="Only the final lines, no progress.")
-def train(clips, out, base, steps, epochs, time_budget, device, seed, resume, cache_dir, quiet, **options) -> None:
+def train(clips, out, base, steps, epochs, time_budget, device, seed, resume, cache_dir, verified, quiet,
+          **options) -> None:
     """Train a species model on labelled CLIPS: a folder with one sub-folder per
     species, or a CSV manifest with path,label[,split] columns.
 
@@ -186,7 +190,7 @@ def train(clips, out, base, steps, epochs, time_budget, device, seed, resume, ca
     callbacks = TrainCallbacks(display.message, display.clips_found, display.step)
     try:
         run_training(clips, out, settings, base=base, device=device, cache_dir=cache_dir, resume=resume,
-                     callbacks=callbacks)
+                     callbacks=callbacks, verified=verified)
     except KeyboardInterrupt:
         display.close()
         raise SystemExit(130) from None

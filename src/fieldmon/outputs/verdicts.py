@@ -48,7 +48,7 @@ def read_verdicts(path: str | Path) -> pd.DataFrame:
     if bad:
         raise VerdictsError(f"{path}: verdict {bad[0]!r} is not one of {', '.join(VERDICTS)} (or empty)")
     try:
-        for column in ("score", "window_start_s", "window_end_s", "stratum_windows", "stratum"):
+        for column in ("item", "score", "window_start_s", "window_end_s", "stratum_windows", "stratum"):
             table[column] = pd.to_numeric(table[column])
     except ValueError as exc:
         raise VerdictsError(f"{path}: column {column} holds a value that is not a number ({exc})") from None
