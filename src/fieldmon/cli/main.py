@@ -603,7 +603,7 @@ def _precision_lines(table, target: float) -> str:
                          "not reviewed")
             continue
         reached = (f"{row.threshold:.3f} (precision {row.precision_at_threshold:.2f}, "
-                   f"{row.low_at_threshold:.2f}-{row.high_at_threshold:.2f}, {row.reviewed_at_threshold} reviewed)"
+                   f"{row.low_at_threshold:.2f}-{row.high_at_threshold:.2f}, {int(row.reviewed_at_threshold)} reviewed)"
                    if row.threshold == row.threshold else "not reached at any reviewed score")
         lines.append(f"{row.species:<30} {row.correct:>7} {row.wrong:>5} {row.unsure:>6} {row.precision:>9.2f} "
                      f"{f'{row.low:.2f}-{row.high:.2f}':>13}  {reached}")
