@@ -319,3 +319,45 @@ def test_verified_windows_become_training_clips_of_their_right_species(scanned, 
         start = int(round(item.window_start_s * sr))
         np.testing.assert_allclose(got, source[start:start + len(got)], atol=1e-6)
         assert len(got) == round((item.window_end_s - item.window_start_s) * sr)
+
+
+@pytest.mark.slow
+def test_the_review_loop_on_the_song_meter_series(tmp_path):
+    # scan -> review page -> verdicts clicked in Chromium -> precision -> site model with
+    # the verified windows -> rescan, on 12 files of the real series and 3 species of
+    # InsectSet32 (the verdicts follow a fixed rule, tests/review_by_rule.py: no one listens)
+    from conftest import INSECTSET, RECORDER_SERIES, require_shared
+    from review_by_rule import mark_page
+
+    if find_browser() is None:
+        pytest.skip("needs Chromium for the browser step (apt-get install chromium); not installed here")
+    series = tmp_path / "series"
+    series.mkdir()
+    for recording in sorted(require_shared(RECORDER_SERIES).glob("*.wav"))[::8]:
+        (series / recording.name).symlink_to(recording)
+    runner = CliRunner()
+    assert runner.invoke(main, ["scan", str(series), "--out", str(tmp_path / "det.parquet"), "--quiet"]).exit_code == 0
+    result = runner.invoke(main, ["review", str(tmp_path / "det.parquet"), "--out", str(tmp_path / "review"),
+                                  "--per-species", "6"])
+    assert result.exit_code == 0, result.output
+    verdicts = mark_page(tmp_path / "review" / "index.html", tmp_path, correct_from=0.6)
+    result = runner.invoke(main, ["review-summary", str(verdicts), "--out", str(tmp_path / "thresholds.json")])
+    assert result.exit_code == 0, result.output
+    marked = pd.read_csv(verdicts)
+    correct = marked[marked.verdict == "correct"]
+    assert len(correct) and (correct.score >= 0.6).all()
+    manifest = pd.read_csv(require_shared(INSECTSET) / "manifest.csv")
+    chosen = manifest[manifest.species.isin(set(correct.species) | {"Grylluscampestris", "Kikihiamuta"})]
+    chosen.assign(path=[str(INSECTSET / p) for p in chosen.path]).to_csv(tmp_path / "clips.csv", index=False)
+    result = runner.invoke(main, ["train", str(tmp_path / "clips.csv"), "--base", "default", "--add-verified",
+                                  str(verdicts), "--steps", "2", "--no-baseline", "--out", str(tmp_path / "site"),
+                                  "--cache", str(tmp_path / "cache"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    site = load_model(tmp_path / "site")
+    assert site.training["from_review"]["clips_added"] == site.training["from_review"]["correct"] == len(correct)
+    result = runner.invoke(main, ["scan", str(series), "--model", str(tmp_path / "site"), "--out",
+                                  str(tmp_path / "det-site.parquet"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    rescanned = read_scan(tmp_path / "det-site.parquet")
+    assert len(rescanned.detections) == len(read_scan(tmp_path / "det.parquet").detections)
+    assert rescanned.metadata["model_id"] == site.model_id
