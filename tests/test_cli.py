@@ -19,7 +19,7 @@ def test_help_imports_no_heavy_library():
     # when they run.
     code = ("import sys; from click.testing import CliRunner; from fieldmon.cli import main\n"
             "for args in (['--help'], ['scan', '--help'], ['train', '--help'], ['report', '--help'],\n"
-            "             ['retime', '--help'], ['info', '--help']):\n"
+            "             ['retime', '--help'], ['info', '--help'], ['review', '--help']):\n"
             "    assert CliRunner().invoke(main, args).exit_code == 0, args\n"
             "heavy = {'torch', 'numba', 'librosa', 'pandas', 'matplotlib'} & set(sys.modules)\n"
             "print(sorted(heavy))")
@@ -46,6 +46,9 @@ SWEEP = {
     ]),
     "clips": (["DET", "--out", "OUT/c"], [("--per-species", "-1"), ("--per-species", "0"), ("--min-score", "3")]),
     "report": (["DET", "--out", "OUT/r"], [("--min-score", "-1"), ("--model", "/nonexistent/model")]),
+    "review": (["DET", "--out", "OUT/v"], [("--per-species", "0"), ("--strata", "0"), ("--strata", "50"),
+                                          ("--context", "-1"), ("--seed", "-1"), ("--min-score", "2"),
+                                          ("--audio-root", "/nonexistent/recordings")]),
     "export": (["DET", "--format", "csv", "--out", "OUT/e"], [("--min-score", "5"), ("--format", "xls")]),
     "quantize": (["default", "CLIPS"], [("--windows", "0")]),
     "evaluate": (["default", "CLIPS"], [("--split", "holdout"), ("--precision", "int4")]),

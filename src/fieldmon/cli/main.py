@@ -153,8 +153,12 @@ class Duration(click.ParamType):
                    "same split and print both scores.")
 @click.option("--cache", "cache_dir", type=click.Path(path_type=Path), default=None,
               help="Feature cache directory (default ~/.cache/fieldmon/features).")
+@click.option("--add-verified", "verified", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="A review page's verdicts CSV: windows marked correct (or wrong with the right species) are cut "
+                   "from the recordings into OUT/verified_clips and join the train split; see the README.")
 @click.option("--quiet", is_flag=True, help="Only the final lines, no progress.")
-def train(clips, out, base, steps, epochs, time_budget, device, seed, resume, cache_dir, quiet, **options) -> None:
+def train(clips, out, base, steps, epochs, time_budget, device, seed, resume, cache_dir, verified, quiet,
+          **options) -> None:
     """Train a species model on labelled CLIPS: a folder with one sub-folder per
     species, or a CSV manifest with path,label[,split] columns.
 
@@ -189,7 +193,7 @@ def train(clips, out, base, steps, epochs, time_budget, device, seed, resume, ca
     callbacks = TrainCallbacks(display.message, display.clips_found, display.step)
     try:
         run_training(clips, out, settings, base=base, device=device, cache_dir=cache_dir, resume=resume,
-                     callbacks=callbacks)
+                     callbacks=callbacks, verified=verified)
     except KeyboardInterrupt:
         display.close()
         raise SystemExit(130) from None
@@ -378,15 +382,36 @@ def retime(detections, tz) -> None:
                f"files in UTC that got their local_time: {result.files_from_utc})")
 
 
-def _filters(min_score, species, site, date_from, date_to):
+def _filters(min_score, species, site, date_from, date_to, thresholds=None):
     import pandas as pd
 
     from fieldmon.outputs.tables import Filters
 
     if date_from and date_to and date_from > date_to:
         raise click.BadParameter(f"{date_from} is after --to {date_to}", param_hint="--from")
+    path, by_species = thresholds or (None, {})
     return Filters(min_score, tuple(species), tuple(site), pd.Timestamp(date_from) if date_from else None,
-                   pd.Timestamp(date_to) if date_to else None)
+                   pd.Timestamp(date_to) if date_to else None, tuple(sorted(by_species.items())),
+                   str(path) if path else "")
+
+
+def _thresholds_file(ctx, param, value):
+    """--thresholds: read and checked here, so that a bad file is a usage error naming it."""
+    if value is None:
+        return None
+    from fieldmon.outputs.verdicts import VerdictsError, read_thresholds
+
+    try:
+        return value, read_thresholds(value)
+    except VerdictsError as exc:
+        raise click.BadParameter(str(exc), param=param) from None
+
+
+thresholds_option = click.option(
+    "--thresholds", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+    callback=_thresholds_file,
+    help="Thresholds JSON from fieldmon review-summary --out: drop each reviewed species' windows scoring below "
+         "its threshold (all of them where no score reached the target precision); other species are kept.")
 
 
 def _read(detections: Path, filters):
@@ -448,13 +473,14 @@ def filter_options(command):
               help="The model directory the scan used, when it is not the shipped default: its validation "
                    "scores decide whether the report is marked preliminary.")
 @filter_options
-def report(detections, out, model, min_score, species, site, date_from, date_to) -> None:
+@thresholds_option
+def report(detections, out, model, min_score, species, site, date_from, date_to, thresholds) -> None:
     """Survey report of a scan: one self-contained HTML file and CSV tables (species
     summary, score distributions, daily detections, diel activity per recorded hour,
     effort, unknown share)."""
     from fieldmon.outputs.report import write_report
 
-    filters = _filters(min_score, species, site, date_from, date_to)
+    filters = _filters(min_score, species, site, date_from, date_to, thresholds)
     output = _read(detections, filters)
     with _writing(out):
         path = write_report(output, out, filters, source=str(detections), model=model)
@@ -467,12 +493,13 @@ def report(detections, out, model, min_score, species, site, date_from, date_to)
               help="raven: selection tables; audacity: label tracks; csv: one flat table.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Export directory.")
 @filter_options
-def export(detections, fmt, out, min_score, species, site, date_from, date_to) -> None:
+@thresholds_option
+def export(detections, fmt, out, min_score, species, site, date_from, date_to, thresholds) -> None:
     """Export detections: Raven Pro selection tables or Audacity label tracks (one per
     audio file, in the recordings' folder layout), or one flat CSV."""
     from fieldmon.outputs.export import export as run_export
 
-    output = _read(detections, _filters(min_score, species, site, date_from, date_to))
+    output = _read(detections, _filters(min_score, species, site, date_from, date_to, thresholds))
     with _writing(out):
         written = run_export(output, fmt, out)
     click.echo(f"wrote {len(written)} file(s) to {out}")
@@ -501,3 +528,88 @@ def clips(detections, per_species, out, mode, seed, audio_root, min_score, speci
     with _writing(out):
         table = extract_clips(output, root, out, per_species, mode, seed)
     click.echo(f"wrote {len(table)} clips to {out} (index.csv)")
+
+
+@main.command()
+@click.argument("detections", type=click.Path(exists=True, path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Folder for index.html, its clips (FLAC) and spectrograms (PNG) in media/, and sample.csv.")
+@click.option("--per-species", type=click.IntRange(1, 10_000), default=20, show_default=True,
+              help="Windows to review per species (all of a species' windows when it has fewer).")
+@click.option("--strata", type=click.IntRange(1, 20), default=4, show_default=True,
+              help="Score strata per species: equal-width bins over the species' score range, sampled evenly.")
+@click.option("--context", type=click.FloatRange(0.0, 30.0), default=3.0, show_default=True,
+              help="Seconds of audio before and after the window in each clip (0 to 30).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seeds the sample.")
+@click.option("--audio-root", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Where the recordings are now (default: the folder that was scanned).")
+@filter_options
+def review(detections, out, per_species, strata, context, seed, audio_root, min_score, species, site, date_from,
+           date_to) -> None:
+    """A review page: a sample of each species' detections, stratified by score, as one
+    HTML page (works offline, e.g. from a USB stick) with a clip and spectrogram of every
+    window and buttons correct / wrong / unsure. The page saves the verdicts as a CSV
+    for fieldmon review-summary and fieldmon train --add-verified."""
+    from fieldmon.outputs.review import ReviewSettings, write_review
+
+    output = _read(detections, _filters(min_score, species, site, date_from, date_to))
+    root = audio_root or output.metadata.get("root")
+    if root is None:
+        raise click.UsageError("the scan does not record its folder; pass --audio-root")
+    settings = ReviewSettings(per_species=per_species, strata=strata, context_s=context, seed=seed)
+    with _writing(out):
+        result = write_review(output, root, out, settings, warn=lambda line: click.echo(line, err=True))
+    per = result.sample.groupby("species").size() if len(result.sample) else {}
+    click.echo(f"wrote {result.page}: {len(result.sample)} windows of {len(per)} species to review"
+               + (f" ({len(result.skipped)} left out: audio not readable)" if result.skipped else ""))
+    if not len(result.sample):
+        click.echo("warning: nothing to review: no window has a species (all unknown, or the filters left none)",
+                   err=True)
+
+
+@main.command("review-summary")
+@click.argument("verdicts", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--target-precision", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.9, show_default=True,
+              help="The precision each species' score threshold must reach (above 0, at most 1).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the thresholds as JSON for report/export --thresholds, and the table beside it as CSV.")
+def review_summary(verdicts, target_precision, out) -> None:
+    """Precision per species from VERDICTS (the CSV a review page saves), with a 95 %
+    interval, and the score threshold per species that reaches --target-precision.
+
+    Precision is estimated over all of a species' detections from the score-stratified
+    sample (Wilson interval at the weighted sample's effective size); unsure windows are
+    not counted."""
+    from fieldmon.outputs.verdicts import VerdictsError, precision_table, read_verdicts, write_thresholds
+
+    try:
+        table = precision_table(read_verdicts(verdicts), target_precision)
+    except VerdictsError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if table["precision"].isna().all():
+        raise click.ClickException(f"{verdicts}: no window is marked correct or wrong; mark some on the review "
+                                   "page and save the CSV again")
+    click.echo(_precision_lines(table, target_precision))
+    if out is not None:
+        with _writing(out):
+            write_thresholds(table, out, target_precision, str(verdicts))
+            table.to_csv(out.with_suffix(".csv"), index=False)
+        click.echo(f"wrote {out} (for report/export --thresholds) and {out.with_suffix('.csv')}")
+
+
+def _precision_lines(table, target: float) -> str:
+    lines = [f"{'species':<30} {'correct':>7} {'wrong':>5} {'unsure':>6} {'precision':>9} {'95 % interval':>13}  "
+             f"threshold for {target:g}"]
+    for row in table.itertuples(index=False):
+        if row.precision != row.precision:  # NaN: nothing marked correct or wrong
+            lines.append(f"{row.species:<30} {row.correct:>7} {row.wrong:>5} {row.unsure:>6} {'-':>9} {'-':>13}  "
+                         "not reviewed")
+            continue
+        reached = (f"{row.threshold:.3f} (precision {row.precision_at_threshold:.2f}, "
+                   f"{row.low_at_threshold:.2f}-{row.high_at_threshold:.2f}, {int(row.reviewed_at_threshold)} reviewed)"
+                   if row.threshold == row.threshold else "not reached at any reviewed score")
+        lines.append(f"{row.species:<30} {row.correct:>7} {row.wrong:>5} {row.unsure:>6} {row.precision:>9.2f} "
+                     f"{f'{row.low:.2f}-{row.high:.2f}':>13}  {reached}")
+    lines.append("precision: stratified estimate over all detections of the species; interval: Wilson at the "
+                 "weighted sample's effective size")
+    return "\n".join(lines)

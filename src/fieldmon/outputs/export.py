@@ -105,13 +105,7 @@ def extract_clips(
         picked.append(chosen.head(per_species))
     index = []
     for rank, row in enumerate(pd.concat(picked).itertuples() if picked else []):
-        source = audio_root / row.path
-        with sf.SoundFile(source) as sound:
-            sr = sound.samplerate
-            start = int(round(row.window_start_s * sr))
-            stop = min(int(round(row.window_end_s * sr)), sound.frames)
-            sound.seek(start)
-            samples = sound.read(stop - start, dtype="float32", always_2d=True)
+        samples, sr = cut_audio(audio_root / row.path, row.window_start_s, row.window_end_s)
         name = f"{row.label}_{rank:04d}"
         clip = out_dir / row.label / f"{name}.wav"
         clip.parent.mkdir(parents=True, exist_ok=True)
@@ -127,7 +121,22 @@ def extract_clips(
     return table
 
 
-def _spectrogram_png(samples: np.ndarray, sr: int, path: Path, title: str) -> None:
+def cut_audio(source: Path, start_s: float, stop_s: float) -> tuple[np.ndarray, int]:
+    """Samples (frames x channels) of ``source`` from ``start_s`` to ``stop_s`` (clipped
+    to the file), at the file's own sample rate."""
+    with sf.SoundFile(source) as sound:
+        sr = sound.samplerate
+        start = min(max(0, int(round(start_s * sr))), sound.frames)
+        stop = min(int(round(stop_s * sr)), sound.frames)
+        sound.seek(start)
+        samples = sound.read(max(0, stop - start), dtype="float32", always_2d=True)
+    return samples, sr
+
+
+def _spectrogram_png(samples: np.ndarray, sr: int, path: Path, title: str, colorbar: bool = False,
+                     marks: tuple[float, ...] = ()) -> None:
+    """``marks``: times (s) drawn as dashed lines, e.g. where a window starts and ends in
+    a clip with context."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -135,7 +144,12 @@ def _spectrogram_png(samples: np.ndarray, sr: int, path: Path, title: str) -> No
 
     fig, ax = plt.subplots(figsize=(6, 3))
     nfft = min(1024, max(16, len(samples) // 4))
-    ax.specgram(samples, NFFT=nfft, Fs=sr, noverlap=nfft // 2, cmap="magma")
+    with np.errstate(divide="ignore"):  # silence is -inf dB; matplotlib draws it as the lowest colour
+        *_, image = ax.specgram(samples, NFFT=nfft, Fs=sr, noverlap=nfft // 2, cmap="magma")
+    for mark in marks:
+        ax.axvline(mark, color="cyan", linestyle="--", linewidth=1)
+    if colorbar:
+        fig.colorbar(image, ax=ax, label="dB", pad=0.02)
     ax.set_xlabel("s")
     ax.set_ylabel("Hz")
     ax.set_title(title, fontsize=7)

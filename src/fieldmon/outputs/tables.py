@@ -20,6 +20,9 @@ class Filters:
     sites: tuple[str, ...] = ()
     start: pd.Timestamp | None = None  # inclusive, on the window's (local, else UTC) date
     end: pd.Timestamp | None = None  # inclusive
+    # (species, lowest score kept) from review-summary; None: no score is kept
+    thresholds: tuple[tuple[str, float | None], ...] = ()
+    thresholds_file: str = ""
 
     def describe(self) -> str:
         parts = []
@@ -32,6 +35,8 @@ class Filters:
         if self.start is not None or self.end is not None:
             parts.append(f"dates {self.start.date() if self.start is not None else '...'} to "
                          f"{self.end.date() if self.end is not None else '...'}")
+        if self.thresholds:
+            parts.append(f"review thresholds of {len(self.thresholds)} species from {self.thresholds_file or '?'}")
         return "; ".join(parts) or "none"
 
 
@@ -80,6 +85,9 @@ def apply_filters(output: ScanOutput, filters: Filters) -> ScanOutput:
         keep &= d["label"].map(species_key).isin(wanted) | (d["label"] == UNKNOWN)
     if filters.sites:
         keep &= d["site"].isin(filters.sites)
+    for name, threshold in filters.thresholds:
+        of_species = d["label"].map(species_key) == species_key(name)
+        keep &= ~of_species | (d["score"] >= threshold if threshold is not None else False)
     when = naive_times(d[output.time_column])
     if filters.start is not None:
         keep &= when >= filters.start.normalize()

@@ -26,6 +26,7 @@ from fieldmon.train.classifier import train_mlp
 from fieldmon.train.dataset import ClipSet, DatasetError, assign_splits, load_clips
 from fieldmon.train.loop import StepReport, TrainingData, TrainingLoop, as_inputs, read_checkpoint_meta
 from fieldmon.train.settings import TrainSettings
+from fieldmon.train.verified import VERIFIED_DIR, add_verified
 from fieldmon.tuning import describe_device, keep_freed_memory, resolve_device
 
 CHECKPOINT_DIR = "checkpoint"
@@ -61,13 +62,15 @@ def train(
     resume: bool = False,
     callbacks: TrainCallbacks | None = None,
     network_settings=None,
+    verified: str | Path | None = None,
 ) -> ModelBundle:
     """Train and write a model bundle to ``out``; see ``fieldmon train --help``.
 
     The network is ``settings.network``; ``network_settings`` (a settings object of
     that network) changes its layout. With ``base`` the base model's network and
     weights are the start, and the whole network is trained (only its dense head on
-    cached trunk outputs with ``settings.freeze_trunk``)."""
+    cached trunk outputs with ``settings.freeze_trunk``). ``verified``: a review page's
+    verdicts CSV whose verified windows join the train split (fieldmon.train.verified)."""
     cb = callbacks or TrainCallbacks()
     out = Path(out)
     checkpoint_dir = out / CHECKPOINT_DIR
@@ -85,6 +88,15 @@ def train(
         keep_freed_memory()
 
     clips = prepare_clips(clips_source, settings.seed)
+    from_review = None
+    if verified is not None:
+        review = add_verified(clips, verified, out / VERIFIED_DIR)
+        clips, from_review = review.clips, review.counts
+        for note in review.notes:
+            cb.message(f"review: {note}")
+        cb.message(f"review: {from_review['clips_added']} verified windows join the train split "
+                   f"({from_review['correct']} correct, {from_review['relabelled']} relabelled; "
+                   f"{from_review['wrong_without_species']} wrong without a species are not trained on)")
     if cb.clips_found:
         cb.clips_found(clips)
     for warning in clips.warnings:
@@ -190,6 +202,7 @@ def train(
         "clips": {name: split.clip_count() for name, split in splits.items()},
         "clips_left_out": left_out,
         "windows": {"train": len(train_set.labels), "validation": len(val_set.labels), "test": len(test_set.labels)},
+        "from_review": from_review,
     }
     bundle.provenance = provenance(data_manifest_hash=clips.manifest_hash(), clips_source=str(clips_source))
     bundle.save(out)
