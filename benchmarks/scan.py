@@ -4,6 +4,8 @@
                                          [--precision fp32,fp32-onnx,int8,bf16,fp16] [--birdnet PEER_SCRIPT]
                                          [--batch-size N] [--workers 2] [--stage-windows 256]
     python benchmarks/scan.py memory [--short-min 10] [--long-hours 10] [--model DIR]
+    python benchmarks/scan.py process --birdnet PEER_SCRIPT [--short-min 10] [--repeats 3]
+                                      [--precision fp32,int8] [--model default]
 
 throughput: writes a synthetic recording (noise with tones and clicks; 48 kHz as
 AudioMoths record, so the scan resamples to the model's 44.1 kHz) and reports, in one
@@ -18,6 +20,10 @@ memory: scans a short and a long synthetic file, each in its own process, and re
 their peak resident memory; streaming decode keeps the two close. A small network is
 used unless --model is given, since the network's memory does not depend on length.
 The audio is written block by block, so generating 10 h needs no 10 h in memory.
+process: the whole `fieldmon scan FILE` command (interpreter start, imports, model load,
+scan, Parquet) against the whole BirdNET peer command on the same --short-min file, each
+timed by /usr/bin/time (wall clock and peak resident memory), in turns, --repeats times;
+reports the median wall time of each and its ratio to BirdNET's.
 """
 
 from __future__ import annotations
@@ -174,6 +180,30 @@ def birdnet(peer: str, audio: Path) -> dict:
     return json.loads(line[len("RESULT "):])
 
 
+def whole_processes(audio: Path, model: str, precisions: list[str], peer: str, repeats: int, work: Path) -> dict:
+    fieldmon = str(Path(sys.executable).with_name("fieldmon"))
+    commands = {p: [fieldmon, "scan", str(audio), "--out", str(work / f"process_{p}.parquet"), "--model", model,
+                    "--precision", p, "--quiet"] for p in precisions}
+    commands["birdnet"] = [peer, str(audio)]
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
+    for _ in range(repeats):
+        for name, command in commands.items():
+            for old in work.glob(f"process_{name}.*parquet"):
+                subprocess.run(["rm", "-rf", str(old)], check=True)
+            timed = subprocess.run(["/usr/bin/time", "-f", "TIMED %e %M", *command], capture_output=True, text=True)
+            if timed.returncode != 0:
+                raise RuntimeError(f"{name} failed: {timed.stderr[-2000:]}")
+            wall, kb = timed.stderr.strip().splitlines()[-1].split()[1:]
+            runs[name].append((float(wall), int(kb) / 1000))
+    result = {"audio_s": sf.info(str(audio)).duration, "repeats": repeats}
+    for name, values in runs.items():
+        result[name] = {"wall_s": [w for w, _ in values], "median_wall_s": float(np.median([w for w, _ in values])),
+                        "peak_rss_mb": max(m for _, m in values)}
+    for name in precisions:
+        result[name]["speed_over_birdnet"] = result["birdnet"]["median_wall_s"] / result[name]["median_wall_s"]
+    return result
+
+
 def print_table(result: dict) -> None:
     precisions = [k for k in PRECISIONS if k in result]
     rows = [("decode", "decode_windows_per_s"), ("resample", "resample_windows_per_s"),
@@ -197,7 +227,7 @@ def print_table(result: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=["throughput", "memory", "one"])
+    parser.add_argument("mode", choices=["throughput", "memory", "process", "one"])
     parser.add_argument("--hours", type=float, default=1.0)
     parser.add_argument("--short-min", type=float, default=10.0)
     parser.add_argument("--long-hours", type=float, default=10.0)
@@ -211,6 +241,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--audio", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--repeats", type=int, default=3, help="process: runs of each command")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="fieldmon-bench-"))
@@ -218,6 +249,16 @@ def main() -> None:
 
     if args.mode == "one":  # a child process of `memory`
         print(json.dumps(run_scan(args.audio, args.model, args.device, work / f"{args.audio.stem}.parquet")))
+        return
+    if args.mode == "process":
+        if not args.birdnet:
+            parser.error("process needs --birdnet")
+        audio = synthetic_recording(work / f"synthetic_{args.short_min:g}min.wav", args.short_min * 60, args.sample_rate)
+        result = whole_processes(audio, args.model or "default", args.precision.split(","), args.birdnet,
+                                 args.repeats, work)
+        print(json.dumps(result, indent=2))
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2))
         return
     model = args.model or str(tiny_model(work))
     if args.batch_size is None:

@@ -15,6 +15,7 @@ from fieldmon.features import (
     check_same_settings,
     compute_features,
     repeat_to_length,
+    slaney_mel_filterbank,
 )
 from fieldmon.median import LANES, running_median
 
@@ -103,6 +104,17 @@ def test_numba_features_of_real_clips_stay_close_to_librosa_everywhere():
 def component_energy(signal: np.ndarray) -> tuple[float, float]:
     _, harmonic, percussive = FeatureExtractor().power_channels(signal[None])[0]
     return float(harmonic.sum()), float(percussive.sum())
+
+
+@pytest.mark.parametrize("sr, n_fft, n_mels, fmin, fmax", [
+    (44100, 882, 40, 0.0, None), (22050, 2048, 128, 0.0, None), (48000, 960, 64, 50.0, 16000.0),
+    (16000, 400, 40, 300.0, None),
+])
+def test_mel_filterbank_is_librosas_bit_for_bit(sr, n_fft, n_mels, fmin, fmax):
+    import librosa
+
+    expected = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)
+    np.testing.assert_array_equal(slaney_mel_filterbank(sr, n_fft, n_mels, fmin, fmax), expected)
 
 
 def test_harmonic_tone_lands_in_harmonic_channel():

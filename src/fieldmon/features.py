@@ -137,12 +137,8 @@ class FeatureExtractor:
 
     @cached_property
     def mel_basis(self) -> torch.Tensor:
-        import librosa
-
         s = self.settings
-        basis = librosa.filters.mel(
-            sr=s.sample_rate, n_fft=s.frame_length, n_mels=s.n_mels, fmin=s.fmin, fmax=s.fmax
-        )
+        basis = slaney_mel_filterbank(s.sample_rate, s.frame_length, s.n_mels, s.fmin, s.fmax)
         return torch.from_numpy(basis).to(self.device)
 
     def __call__(self, windows: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -202,6 +198,36 @@ def compute_features(
 ) -> torch.Tensor:
     """Features of a batch of windows on the CPU; see :class:`FeatureExtractor`."""
     return FeatureExtractor(settings)(windows)
+
+
+def slaney_mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float = 0.0,
+                          fmax: float | None = None) -> np.ndarray:
+    """``librosa.filters.mel(sr=..., n_fft=..., n_mels=..., fmin=..., fmax=...)`` (Slaney
+    scale and area normalisation), float32 ``[n_mels, 1 + n_fft // 2]``, step for step so
+    that it is bit-equal (tests). Computed here because librosa.filters imports scipy.signal,
+    which cost every scan about a second and 100 MB before its first window."""
+    fmax = sample_rate / 2.0 if fmax is None else fmax
+    mel_f = _mel_to_hz(np.linspace(_hz_to_mel(fmin), _hz_to_mel(fmax), n_mels + 2))
+    fdiff = np.diff(mel_f)
+    ramps = np.subtract.outer(mel_f, np.fft.rfftfreq(n=n_fft, d=1.0 / sample_rate))
+    weights = np.zeros((n_mels, 1 + n_fft // 2), dtype=np.float32)
+    for i in range(n_mels):
+        weights[i] = np.maximum(0, np.minimum(-ramps[i] / fdiff[i], ramps[i + 2] / fdiff[i + 1]))
+    weights *= (2.0 / (mel_f[2 : n_mels + 2] - mel_f[:n_mels]))[:, np.newaxis]
+    return weights
+
+
+# Slaney's mel scale: linear below 1 kHz, logarithmic above (librosa.hz_to_mel, htk=False).
+_F_SP, _MIN_LOG_HZ = 200.0 / 3, 1000.0
+_MIN_LOG_MEL, _LOGSTEP = _MIN_LOG_HZ / _F_SP, np.log(6.4) / 27.0
+
+
+def _hz_to_mel(hz: float) -> float:
+    return hz / _F_SP if hz < _MIN_LOG_HZ else _MIN_LOG_MEL + np.log(hz / _MIN_LOG_HZ) / _LOGSTEP
+
+
+def _mel_to_hz(mels: np.ndarray) -> np.ndarray:
+    return np.where(mels >= _MIN_LOG_MEL, _MIN_LOG_HZ * np.exp(_LOGSTEP * (mels - _MIN_LOG_MEL)), _F_SP * mels)
 
 
 def _softmasks(harm: torch.Tensor, perc: torch.Tensor, power: float) -> tuple[torch.Tensor, torch.Tensor]:
