@@ -49,3 +49,30 @@ def test_class_without_training_embeddings_is_an_error():
     emb = torch.randn(4, 3)
     with pytest.raises(ValueError, match="class 2"):
         fit_open_set(emb, torch.tensor([0, 0, 1, 1]), emb, torch.tensor([0, 0, 1, 1]), 3, 0.01)
+
+
+def test_threshold_rises_to_reject_reviewed_outliers_within_the_allowed_f1_drop():
+    from fieldmon.train.classifier import threshold_for_rejects
+
+    g = torch.Generator().manual_seed(0)
+    means = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    labels = torch.arange(3).repeat_interleave(40)
+    val = means[labels] + 0.05 * torch.randn(len(labels), 3, generator=g)
+    open_set = fit_open_set(val, labels, val, labels, 3, threshold=0.01)
+
+    def nearest_mean(embeddings):
+        return -torch.cdist(embeddings, means)
+
+    names = ["a", "b", "c"]
+    # just beyond what the starting threshold rejects: upper-tail probability 0.015 > 0.01
+    classes = torch.arange(3).repeat(5)
+    distance = open_set.distance_mean[classes] + 2.17 * open_set.distance_std[classes]
+    away = torch.roll(means, 1, dims=1)[classes]  # a direction orthogonal to the class mean
+    far = open_set.class_means[classes] + distance[:, None] * away
+    threshold, info = threshold_for_rejects(open_set, nearest_mean, val, labels, far, names)
+    assert threshold > 0.01 and info["rejected"] == 1.0 and info["rejected_at_start"] < 1.0
+    assert 0.0 <= info["validation_macro_f1_drop"] <= 0.03
+    # sounds that lie among the known windows cannot be rejected without losing them too
+    typical = val[::8]
+    threshold, info = threshold_for_rejects(open_set, nearest_mean, val, labels, typical, names)
+    assert info["validation_macro_f1_drop"] <= 0.03 and info["rejected"] < 0.5

@@ -305,8 +305,13 @@ def test_verified_windows_become_training_clips_of_their_right_species(scanned, 
                    callbacks=TrainCallbacks(message=messages.append))
     review_counts = bundle.training["from_review"]
     assert {k: review_counts[k] for k in ("correct", "relabelled", "wrong_without_species", "species_not_trained",
-                                          "clips_added")} == {"correct": 1, "relabelled": 1, "wrong_without_species": 1,
-                                                              "species_not_trained": 1, "clips_added": 2}
+                                          "clips_added", "to_reject")} == {
+        "correct": 1, "relabelled": 1, "wrong_without_species": 1, "species_not_trained": 1, "clips_added": 2,
+        "to_reject": 2}
+    # the two windows the model must call unknown calibrate its open-set threshold
+    calibration = review_counts["open_set"]
+    assert calibration["reject_windows"] >= 2 and calibration["validation_macro_f1_drop"] <= 0.03
+    assert bundle.open_set.threshold == calibration["threshold"] >= calibration["from_threshold"] == 0.01
     assert any("'Tettigonia viridissima', which the training clips do not have" in m for m in messages)
     assert load_model(tmp_path / "model").training["from_review"] == review_counts  # written to model.json
     split = pd.read_csv(tmp_path / "model" / "split.csv")

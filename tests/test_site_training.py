@@ -19,14 +19,42 @@ from fieldmon.train.settings import TrainSettings
 from test_training import TINY_COMPACT, make_loop
 
 
-def test_time_budget_fits_the_schedule_and_stops_on_time(tmp_path):
+class SimulatedClock:
+    """Stands in for the training loop's ``time`` module: time passes only in training
+    steps, so the budget tests do not depend on how busy the machine is."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+def simulate_steps(monkeypatch, loop, seconds_of_step) -> None:
+    """Each training step of ``loop`` takes ``seconds_of_step(step)`` simulated seconds."""
+    import fieldmon.train.loop as loop_module
+
+    clock = SimulatedClock()
+    monkeypatch.setattr(loop_module, "time", clock)
+    step = loop._step
+
+    def timed_step():
+        clock.now += seconds_of_step(loop.state.step)
+        return step()
+
+    monkeypatch.setattr(loop, "_step", timed_step)
+
+
+def test_time_budget_fits_the_schedule_and_stops_on_time(tmp_path, monkeypatch):
     settings = TrainSettings(time_budget_seconds=3.0, windows_per_class=3, eval_every=2, warmup_steps=2)
     loop = make_loop(tmp_path, settings)
     messages = []
     loop.on_message = messages.append
+    simulate_steps(monkeypatch, loop, lambda step: 0.2)
     state = loop.run()
     assert state.out_of_time and not state.interrupted
-    assert 3.0 <= state.seconds < 3.0 + 5.0  # stops after the step that crosses the budget
+    assert 3.0 <= state.seconds < 3.0 + 0.2 + 1e-9  # stops after the step that crosses the budget
+    assert state.step == 15
     assert state.planned_steps is not None and any("fit the" in m for m in messages)
     assert loop.learning_rate(state.planned_steps) == 0.0  # the cosine ends where the budget was expected to
     best = max(h["val_macro_f1"] for h in state.history)
@@ -35,19 +63,11 @@ def test_time_budget_fits_the_schedule_and_stops_on_time(tmp_path):
 
 
 def test_the_schedule_follows_a_pace_that_changes(tmp_path, monkeypatch):
-    import time
-
     settings = TrainSettings(time_budget_seconds=4.0, windows_per_class=3, eval_every=5, warmup_steps=0)
     loop = make_loop(tmp_path, settings)
     plans = []
     loop.on_message = lambda text: "fit the" in text and plans.append(loop.state.planned_steps)
-    step = loop._step
-
-    def shared_machine_then_alone():
-        time.sleep(0.3 if loop.state.step < 5 else 0.0)
-        return step()
-
-    monkeypatch.setattr(loop, "_step", shared_machine_then_alone)
+    simulate_steps(monkeypatch, loop, lambda step: 0.3 if step < 5 else 0.05)  # a shared machine, then alone
     state = loop.run()
     assert state.out_of_time
     first_plan = plans[0]

@@ -11,6 +11,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from fieldmon.audio import AudioReadError
 from fieldmon.evaluation.evaluate import evaluate_windows
 from fieldmon.features import FeatureSettings
 from fieldmon.fileio import atomic_write
@@ -22,7 +23,7 @@ from fieldmon.model.openset import fit_open_set
 from fieldmon.provenance import provenance
 from fieldmon.train.baseline import baseline_scores
 from fieldmon.train.cache import EVALUATION_HOP_SECONDS, FeatureCache, WindowSet, build_window_set
-from fieldmon.train.classifier import train_mlp
+from fieldmon.train.classifier import threshold_for_rejects, train_mlp
 from fieldmon.train.dataset import ClipSet, DatasetError, assign_splits, load_clips
 from fieldmon.train.loop import StepReport, TrainingData, TrainingLoop, as_inputs, read_checkpoint_meta
 from fieldmon.train.settings import TrainSettings
@@ -88,7 +89,7 @@ def train(
         keep_freed_memory()
 
     clips = prepare_clips(clips_source, settings.seed)
-    from_review = None
+    from_review, review = None, None
     if verified is not None:
         review = add_verified(clips, verified, out / VERIFIED_DIR)
         clips, from_review = review.clips, review.counts
@@ -96,7 +97,7 @@ def train(
             cb.message(f"review: {note}")
         cb.message(f"review: {from_review['clips_added']} verified windows join the train split "
                    f"({from_review['correct']} correct, {from_review['relabelled']} relabelled; "
-                   f"{from_review['wrong_without_species']} wrong without a species are not trained on)")
+                   f"{from_review['to_reject']} windows to be rejected as unknown calibrate the open set)")
     if cb.clips_found:
         cb.clips_found(clips)
     for warning in clips.warnings:
@@ -166,6 +167,16 @@ def train(
                                          len(class_names), settings)
         open_set = fit_open_set(emb["train"], data.labels, emb["validation"], data.val_labels,
                                 len(class_names), settings.open_set_threshold)
+        reject_emb = _embeddings_of(network, review.rejects, held_out_cache, torch_device) if review else None
+        if reject_emb is not None:
+            threshold, calibration = threshold_for_rejects(open_set, classifier, emb["validation"], data.val_labels,
+                                                           reject_emb, class_names)
+            open_set = replace(open_set, threshold=threshold)
+            from_review["open_set"] = calibration
+            cb.message(f"review: open-set threshold {calibration['from_threshold']:g} -> {threshold:.4g}: "
+                       f"{calibration['rejected']:.0%} of {calibration['reject_windows']} windows to reject are "
+                       f"rejected ({calibration['rejected_at_start']:.0%} before), validation macro-F1 "
+                       f"{calibration['validation_macro_f1_drop']:+.3f} lower")
     bundle = ModelBundle(network.cpu().eval(), class_names, feature_settings, classifier, open_set, name=out.name)
 
     criterion = "nearest_class_mean" if settings.loss == "triplet" else "softmax"
@@ -209,6 +220,24 @@ def train(
     _write_split(out / SPLIT_FILE, clips)
     cb.message(f"wrote model {bundle.model_id} to {out}")
     return bundle
+
+
+@torch.no_grad()
+def _embeddings_of(network: torch.nn.Module, paths: list[Path], cache: FeatureCache,
+                   device: torch.device) -> torch.Tensor | None:
+    """Embeddings (on the CPU) of every window of ``paths``; None when none is usable
+    (a silent cut is left out, as in training)."""
+    features = []
+    for path in paths:
+        try:
+            features.append(cache.clip_features(path))
+        except AudioReadError:
+            continue
+    if not features:
+        return None
+    windows = np.concatenate(features)
+    network.eval()
+    return torch.cat([network(as_inputs(windows[i : i + 64]).to(device)).cpu() for i in range(0, len(windows), 64)])
 
 
 def _check_species_remain(class_names: list[str], train_set: WindowSet, val_set: WindowSet) -> None:
