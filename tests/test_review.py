@@ -314,6 +314,8 @@ def test_verified_windows_become_training_clips_of_their_right_species(scanned, 
     assert bundle.open_set.threshold == calibration["threshold"] >= calibration["from_threshold"] == 0.01
     assert any("'Tettigonia viridissima', which the training clips do not have" in m for m in messages)
     assert load_model(tmp_path / "model").training["from_review"] == review_counts  # written to model.json
+    info = CliRunner().invoke(main, ["info", str(tmp_path / "model")])
+    assert "2 verified windows trained on (1 correct, 1 relabelled), 2 to reject" in info.output, info.output
     split = pd.read_csv(tmp_path / "model" / "split.csv")
     added = split[split.path.str.contains("verified_clips")].sort_values("path")
     assert list(added.label) == [first, second] and set(added.split) == {"train"}

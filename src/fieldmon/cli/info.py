@@ -58,6 +58,13 @@ def summary(bundle: ModelBundle, meta: dict, path: Path) -> list[tuple[str, str]
     lines.append(("species", f"{len(bundle.class_names)}: {', '.join(bundle.class_names)}"))
     lines.append(("features", f"{fs.sample_rate} Hz, {fs.window_seconds:g} s windows, {fs.n_mels} Mel bands"))
     lines.append(("training", training_line(training, provenance)))
+    review = training.get("from_review")
+    if review:
+        calibrated = review.get("open_set")
+        lines.append(("review", f"{review['clips_added']} verified windows trained on ({review['correct']} "
+                                     f"correct, {review['relabelled']} relabelled), {review.get('to_reject', 0)} to "
+                                     "reject" + (f" (open-set threshold {calibrated['from_threshold']:g} -> "
+                                                 f"{calibrated['threshold']:.3g})" if calibrated else "")))
     for split in ("validation", "test"):
         if split in bundle.metrics:
             lines.append((split, scores_line(bundle.metrics, split)))
