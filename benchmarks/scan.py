@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -188,8 +189,8 @@ def whole_processes(audio: Path, model: str, precisions: list[str], peer: str, r
     runs: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
     for _ in range(repeats):
         for name, command in commands.items():
-            for old in work.glob(f"process_{name}.*parquet"):
-                subprocess.run(["rm", "-rf", str(old)], check=True)
+            for old in work.glob(f"process_{name}.*parquet"):  # an existing output would skip the file
+                shutil.rmtree(old)
             timed = subprocess.run(["/usr/bin/time", "-f", "TIMED %e %M", *command], capture_output=True, text=True)
             if timed.returncode != 0:
                 raise RuntimeError(f"{name} failed: {timed.stderr[-2000:]}")

@@ -210,9 +210,8 @@ def slaney_mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float
     mel_f = _mel_to_hz(np.linspace(_hz_to_mel(fmin), _hz_to_mel(fmax), n_mels + 2))
     fdiff = np.diff(mel_f)
     ramps = np.subtract.outer(mel_f, np.fft.rfftfreq(n=n_fft, d=1.0 / sample_rate))
-    weights = np.zeros((n_mels, 1 + n_fft // 2), dtype=np.float32)
-    for i in range(n_mels):
-        weights[i] = np.maximum(0, np.minimum(-ramps[i] / fdiff[i], ramps[i + 2] / fdiff[i + 1]))
+    rising, falling = -ramps[:-2] / fdiff[:-1, np.newaxis], ramps[2:] / fdiff[1:, np.newaxis]
+    weights = np.maximum(0, np.minimum(rising, falling)).astype(np.float32)
     weights *= (2.0 / (mel_f[2 : n_mels + 2] - mel_f[:n_mels]))[:, np.newaxis]
     return weights
 

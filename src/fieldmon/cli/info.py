@@ -60,11 +60,12 @@ def summary(bundle: ModelBundle, meta: dict, path: Path) -> list[tuple[str, str]
     lines.append(("training", training_line(training, provenance)))
     review = training.get("from_review")
     if review:
+        text = (f"{review['clips_added']} verified windows trained on ({review['correct']} correct, "
+                f"{review['relabelled']} relabelled), {review.get('to_reject', 0)} to reject")
         calibrated = review.get("open_set")
-        lines.append(("review", f"{review['clips_added']} verified windows trained on ({review['correct']} "
-                                     f"correct, {review['relabelled']} relabelled), {review.get('to_reject', 0)} to "
-                                     "reject" + (f" (open-set threshold {calibrated['from_threshold']:g} -> "
-                                                 f"{calibrated['threshold']:.3g})" if calibrated else "")))
+        if calibrated:
+            text += f" (open-set threshold {calibrated['from_threshold']:g} -> {calibrated['threshold']:.3g})"
+        lines.append(("review", text))
     for split in ("validation", "test"):
         if split in bundle.metrics:
             lines.append((split, scores_line(bundle.metrics, split)))

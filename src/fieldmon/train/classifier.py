@@ -79,13 +79,12 @@ def threshold_for_rejects(
         return classification_report(labels, kept, class_names).macro_f1
 
     start = open_set.threshold
-    floor = macro_f1(start) - max_drop
+    at_start = macro_f1(start)
     # Each candidate rejects one more reviewed window than the one below it.
     candidates = np.unique(np.nextafter(reject_scores, np.inf))
-    threshold = max([start, *(float(t) for t in candidates if t > start and macro_f1(t) >= floor)])
+    threshold = max([start, *(float(t) for t in candidates if t > start and macro_f1(t) >= at_start - max_drop)])
     return threshold, {
         "threshold": threshold, "from_threshold": start, "reject_windows": len(reject_scores),
-        "rejected_at_start": float((reject_scores < start).mean()) if len(reject_scores) else 0.0,
-        "rejected": float((reject_scores < threshold).mean()) if len(reject_scores) else 0.0,
-        "validation_macro_f1_drop": macro_f1(start) - macro_f1(threshold), "max_drop": max_drop,
+        "rejected_at_start": float((reject_scores < start).mean()), "rejected": float((reject_scores < threshold).mean()),
+        "validation_macro_f1_drop": at_start - macro_f1(threshold), "max_drop": max_drop,
     }
