@@ -216,12 +216,19 @@ def test_sigkill_at_random_moments_then_rerun_gives_exactly_the_uninterrupted_ro
     scan(rec, reference, tiny_model)
     expected = read(reference)[0].sort_values(["path", "window_start_s"]).reset_index(drop=True)
 
+    # How long the whole scan takes in its own process here, so that the kills land
+    # inside it however fast or busy this machine is.
+    started = time.monotonic()
+    subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(rec), str(tmp_path / "timed.parquet"), str(tiny_model)],
+                   check=True)
+    whole = time.monotonic() - started
+
     out = tmp_path / "killed.parquet"
     rng = random.Random(0)
     kills = 0
     for _ in range(4):
         proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(rec), str(out), str(tiny_model)])
-        time.sleep(rng.uniform(1.5, 4.0))
+        time.sleep(rng.uniform(0.3, 0.9) * whole)
         if proc.poll() is None:
             proc.kill()
             kills += 1
