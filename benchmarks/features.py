@@ -20,8 +20,10 @@ import numba
 import numpy as np
 import torch
 
-import fieldmon.features
-from fieldmon.features import FeatureExtractor, FeatureSettings, _magnitude, repeat_to_length
+from fieldmon.feature_extractor import FeatureExtractor
+import fieldmon.median
+from fieldmon.features import FeatureSettings, _stft_by_frame, repeat_to_length
+from fieldmon.hpss_kernels import magnitude_of
 from fieldmon.median import running_median
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,21 +92,21 @@ def _previous_median_side_by_side(windows: np.ndarray, settings: FeatureSettings
     both see the same load on a shared machine."""
     k = settings.hpss_kernel
     extractor = FeatureExtractor(settings, median="numba")
-    magnitude = _magnitude(extractor._stft(windows).numpy(), settings.n_frames)
+    magnitude = magnitude_of(_stft_by_frame(windows, settings))  # [batch, frames, bins]
 
     def previous(x: np.ndarray, k: int) -> np.ndarray:  # running_median's interface
         return _previous_median_last_axis(np.ascontiguousarray(x.transpose(0, 2, 1)), k).transpose(0, 2, 1)
 
-    def medians(median) -> tuple[np.ndarray, np.ndarray]:  # as power_channels calls them
-        return median(magnitude.transpose(0, 2, 1), k).transpose(0, 2, 1), median(magnitude, k)
+    def medians(median) -> tuple[np.ndarray, np.ndarray]:  # as the features call them
+        return median(magnitude, k), median(magnitude.transpose(0, 2, 1), k).transpose(0, 2, 1)
 
     def features_with(median) -> torch.Tensor:
-        saved = fieldmon.features.running_median
-        fieldmon.features.running_median = median
+        saved = fieldmon.median.running_median
+        fieldmon.median.running_median = median
         try:
             return extractor(windows)
         finally:
-            fieldmon.features.running_median = saved
+            fieldmon.median.running_median = saved
 
     # compile / warm up, and check that both give the same medians and features
     old_h, old_p = medians(previous)

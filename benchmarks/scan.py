@@ -10,9 +10,12 @@
 throughput: writes a synthetic recording (noise with tones and clicks; 48 kHz as
 AudioMoths record, so the scan resamples to the model's 44.1 kHz) and reports, in one
 run and for each precision: decode, resample, features, CNN (network + MLP +
-open set, on precomputed features) and write throughput separately in windows/s,
-the end-to-end scan (windows/s, multiple of real time, hours of audio per minute and
-per second, the GPU target) and its ratio to the CNN alone. On a GPU, raise --batch-size,
+open set, on precomputed features) and write throughput separately in windows/s; on a
+CPU also the two stages a scan runs side by side, each alone as the scan runs it (a
+feature process: decode, resample and features on one thread; the network on the
+cores the --workers feature processes leave); the end-to-end scan (windows/s,
+multiple of real time, hours of audio per minute and per second, the GPU target) and
+its ratios to the CNN alone and to the slowest of those two stages. On a GPU, raise --batch-size,
 --workers and --stage-windows (as benchmarks/gpu.sh does). With --birdnet, the peer
 BirdNET is timed on the same file right after (../shared/tools/birdnet-peer) and the
 ratios are reported.
@@ -21,20 +24,22 @@ their peak resident memory; streaming decode keeps the two close. A small networ
 used unless --model is given, since the network's memory does not depend on length.
 The audio is written block by block, so generating 10 h needs no 10 h in memory.
 process: the whole `fieldmon scan FILE` command (interpreter start, imports, model load,
-scan, Parquet) against the whole BirdNET peer command on the same --short-min file, each
-timed by /usr/bin/time (wall clock and peak resident memory), in turns, --repeats times;
-reports the median wall time of each and its ratio to BirdNET's.
+scan, Parquet) against the whole BirdNET peer command on the same --short-min file, in
+turns, --repeats times: wall clock, and peak resident memory of the command's whole
+process tree (fieldmon's feature processes included); reports the median wall time of
+each and its ratio to BirdNET's.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -58,6 +63,57 @@ def synthetic_recording(path: Path, seconds: float, sr: int, block_seconds: floa
     return path
 
 
+class TreeMemory:
+    """Peak resident memory of a process and all its descendants together (a CPU scan
+    runs its features in child processes), sampled every 10 ms from /proc (Linux).
+    /usr/bin/time and getrusage give the largest single process, not the sum."""
+
+    def __init__(self, pid: int | None = None) -> None:
+        self.pid = pid or os.getpid()
+        self.peak_bytes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> TreeMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def peak_mb(self) -> float:
+        return self.peak_bytes / 1e6
+
+    def _sample(self) -> None:
+        page = os.sysconf("SC_PAGE_SIZE")
+        while not self._stop.is_set():
+            total = 0
+            for pid in self._tree():
+                try:
+                    total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * page
+                except (OSError, IndexError, ValueError):
+                    pass  # it ended between listing and reading
+            self.peak_bytes = max(self.peak_bytes, total)
+            self._stop.wait(0.01)
+
+    def _tree(self) -> list[int]:
+        children: dict[int, list[int]] = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        tree, todo = [], [self.pid]
+        while todo:
+            pid = todo.pop()
+            tree.append(pid)
+            todo.extend(children.get(pid, []))
+        return tree
+
+
 def tiny_model(folder: Path) -> Path:
     import torch
 
@@ -76,7 +132,8 @@ def run_scan(audio: Path, model: str, device: str, out: Path, precision: str = "
 
     options = RunOptions(device=device, precision=precision, batch_size=batch_size, workers=workers)
     start = time.perf_counter()
-    summary = scan(audio, out, model, options=options)
+    with TreeMemory() as memory:
+        summary = scan(audio, out, model, options=options)
     wall = time.perf_counter() - start
     return {
         "audio_hours": summary.audio_seconds / 3600,
@@ -86,7 +143,7 @@ def run_scan(audio: Path, model: str, device: str, out: Path, precision: str = "
         "x_real_time": summary.audio_seconds / wall,
         "audio_hours_per_minute": summary.audio_seconds / 3600 / (wall / 60),
         "audio_hours_per_second": summary.audio_seconds / 3600 / wall,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": memory.peak_mb,  # this process and the scan's feature processes together
     }
 
 
@@ -95,8 +152,10 @@ def rate(windows: int, seconds: float) -> float:
 
 
 def stage_rates(audio: Path, model: str, device: str, precision: str, sample_windows: int = 256,
-                batch_size: int = 64) -> dict:
-    """Each stage alone, in windows/s of the model's 2 s windows."""
+                batch_size: int = 64, workers: int = 2) -> dict:
+    """Each stage alone, in windows/s of the model's 2 s windows: decode, resample,
+    features and CNN on all cores, and the two stages of a CPU scan's pipeline as it
+    runs them (``_pipeline_stage_rates``)."""
     import soxr
     import torch
 
@@ -149,7 +208,9 @@ def stage_rates(audio: Path, model: str, device: str, precision: str, sample_win
     with tempfile.TemporaryDirectory() as tmp:
         pq.write_table(pa.table(columns), Path(tmp) / "part.parquet")
     write = time.perf_counter() - start
+    pipeline = _pipeline_stage_rates(audio, model, device, precision, batch_size, workers)
     return {
+        **pipeline,
         "decode_windows_per_s": rate(total_windows, decode),
         "resample_windows_per_s": rate(total_windows, resample),
         "features_windows_per_s": rate(sample_windows, feature_s),
@@ -157,6 +218,50 @@ def stage_rates(audio: Path, model: str, device: str, precision: str, sample_win
         "cnn_audio_hours_per_second": rate(sample_windows, cnn) * fs.window_seconds / 3600,
         "write_windows_per_s": rate(sample_windows, write),
     }
+
+
+def _pipeline_stage_rates(audio: Path, model: str, device: str, precision: str, batch_size: int,
+                          workers: int) -> dict:
+    """On a CPU a scan runs two stages side by side: a feature process (decode, resample,
+    features of one file, one thread) and the network in the scan's process (the cores
+    the feature processes leave). Each alone, over the whole file, as the scan runs it."""
+    if device != "cpu":
+        return {}
+    import numba
+    import torch
+
+    from fieldmon import load_model
+    from fieldmon.features import hpss_mel
+    from fieldmon.scan.decoding import DecodedFile, decode_windows
+    from fieldmon.scan.discovery import discover
+    from fieldmon.scan.feature_workers import WINDOWS_PER_MESSAGE
+    from fieldmon.scan.pipeline import _cores
+
+    saved = numba.get_num_threads(), torch.get_num_threads()
+    numba.set_num_threads(1)
+    torch.set_num_threads(max(1, _cores() - workers))
+    try:
+        bundle = load_model(model, precision).eval()  # ONNX Runtime takes torch's thread count now
+        fs = bundle.feature_settings
+        (recording,), _ = discover(audio)
+        start = time.perf_counter()
+        features = [hpss_mel(w.samples, fs) for w in decode_windows(
+            DecodedFile(recording), fs.sample_rate, fs.window_samples, fs.window_samples, None, None,
+            batch=WINDOWS_PER_MESSAGE)]
+        feature_process = time.perf_counter() - start
+        features = np.concatenate(features)
+        with torch.inference_mode():
+            bundle.predict(torch.from_numpy(features[:batch_size]), fs)
+            start = time.perf_counter()
+            for i in range(0, len(features), batch_size):
+                bundle.predict(torch.from_numpy(features[i : i + batch_size]), fs)
+            network = time.perf_counter() - start
+    finally:
+        numba.set_num_threads(saved[0])
+        torch.set_num_threads(saved[1])
+    return {"feature_process_windows_per_s": rate(len(features), feature_process),
+            "network_beside_workers_windows_per_s": rate(len(features), network),
+            "network_threads": max(1, _cores() - workers)}
 
 
 def _wait_for(device: str) -> None:
@@ -191,11 +296,14 @@ def whole_processes(audio: Path, model: str, precisions: list[str], peer: str, r
         for name, command in commands.items():
             for old in work.glob(f"process_{name}.*parquet"):  # an existing output would skip the file
                 shutil.rmtree(old)
-            timed = subprocess.run(["/usr/bin/time", "-f", "TIMED %e %M", *command], capture_output=True, text=True)
-            if timed.returncode != 0:
-                raise RuntimeError(f"{name} failed: {timed.stderr[-2000:]}")
-            wall, kb = timed.stderr.strip().splitlines()[-1].split()[1:]
-            runs[name].append((float(wall), int(kb) / 1000))
+            start = time.perf_counter()
+            child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            with TreeMemory(child.pid) as memory:
+                _, stderr = child.communicate()
+            wall = time.perf_counter() - start
+            if child.returncode != 0:
+                raise RuntimeError(f"{name} failed: {stderr[-2000:]}")
+            runs[name].append((wall, memory.peak_mb))
     result = {"audio_s": sf.info(str(audio)).duration, "repeats": repeats}
     for name, values in runs.items():
         result[name] = {"wall_s": [w for w, _ in values], "median_wall_s": float(np.median([w for w, _ in values])),
@@ -207,14 +315,19 @@ def whole_processes(audio: Path, model: str, precisions: list[str], peer: str, r
 
 def print_table(result: dict) -> None:
     precisions = [k for k in PRECISIONS if k in result]
-    rows = [("decode", "decode_windows_per_s"), ("resample", "resample_windows_per_s"),
+    rows = [("feature process", "feature_process_windows_per_s"),
+            ("network beside it", "network_beside_workers_windows_per_s"),
+            ("decode", "decode_windows_per_s"), ("resample", "resample_windows_per_s"),
             ("features", "features_windows_per_s"), ("CNN alone", "cnn_windows_per_s"),
             ("write", "write_windows_per_s"), ("CNN alone, h of audio/s", "cnn_audio_hours_per_second")]
     print(f"{'windows/s':<24}" + "".join(f"{p:>12}" for p in precisions))
     for name, key in rows:
+        if not all(key in result[p] for p in precisions):
+            continue
         print(f"{name:<24}" + "".join(f"{result[p][key]:>12.{3 if 'hours' in key else 1}f}" for p in precisions))
     scans = [result[p]["scan"] for p in precisions]
     for name, key in (("end to end", "windows_per_s"), ("end to end / CNN alone", "end_to_end_over_cnn"),
+                      ("end to end / slowest", "end_to_end_over_slowest_stage"),
                       ("x real time", "x_real_time"), ("h of audio per minute", "audio_hours_per_minute"),
                       ("h of audio per second", "audio_hours_per_second"),
                       ("peak RSS (MB)", "peak_rss_mb"), ("speed / BirdNET", "speed_over_birdnet")):
@@ -235,7 +348,7 @@ def main() -> None:
     parser.add_argument("--sample-rate", type=int, default=48000)
     parser.add_argument("--precision", default="fp32", help="comma-separated: " + ",".join(PRECISIONS))
     parser.add_argument("--batch-size", type=int, default=None, help="default: the scan's (16 on a CPU, 64 on a GPU)")
-    parser.add_argument("--workers", type=int, default=2, help="decode threads of the end-to-end scan")
+    parser.add_argument("--workers", type=int, default=2, help="feature processes (GPU: decoding threads) of the scan")
     parser.add_argument("--stage-windows", type=int, default=256, help="windows timed per stage")
     parser.add_argument("--birdnet", default=None, help="path of ../shared/tools/birdnet-peer")
     parser.add_argument("--model", default=None)
@@ -274,10 +387,14 @@ def main() -> None:
                   "batch_size": args.batch_size, "workers": args.workers,
                   "sample_rate": args.sample_rate, "torch_threads": torch.get_num_threads()}
         for precision in args.precision.split(","):
-            stages = stage_rates(audio, model, args.device, precision, args.stage_windows, args.batch_size)
+            stages = stage_rates(audio, model, args.device, precision, args.stage_windows, args.batch_size,
+                                 args.workers)
             scan_result = run_scan(audio, model, args.device, work / f"throughput_{precision}.parquet", precision,
                                    args.batch_size, args.workers)
             scan_result["end_to_end_over_cnn"] = scan_result["windows_per_s"] / stages["cnn_windows_per_s"]
+            if "feature_process_windows_per_s" in stages:
+                slowest = min(stages["feature_process_windows_per_s"], stages["network_beside_workers_windows_per_s"])
+                scan_result["end_to_end_over_slowest_stage"] = scan_result["windows_per_s"] / slowest
             result[precision] = {**stages, "scan": scan_result}
         if args.birdnet:
             peer = birdnet(args.birdnet, audio)

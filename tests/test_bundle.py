@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from fieldmon import BundleError, FeatureSettings, ModelBundle, load_model
 from fieldmon.cli import main
 from fieldmon.features import FeatureSettingsMismatch
-from fieldmon.model.bundle import JSON_NAME, WEIGHTS_NAME
+from fieldmon.model.metadata import JSON_NAME, WEIGHTS_NAME
 from fieldmon.model.compact import CompactCNN
 from fieldmon.model.network import MLPClassifier, MultiscaleCNN
 from fieldmon.model.networks import network_kind
@@ -183,7 +183,7 @@ def test_cli_info_and_version(saved):
 
 def test_missing_default_model_says_what_to_do(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("fieldmon.model.bundle.resources.files", lambda package: tmp_path / "no-package-data")
+    monkeypatch.setattr("fieldmon.model.metadata.resources.files", lambda package: tmp_path / "no-package-data")
     with pytest.raises(BundleError, match="default model is not installed"):
         load_model("default")
 

@@ -88,7 +88,7 @@ def test_info_summarises_the_default_model_and_json_prints_model_json():
     result = CliRunner().invoke(main, ["info", "default"])
     assert result.exit_code == 0, result.output
     out = result.output
-    from fieldmon.model.bundle import resolve_model_path
+    from fieldmon.model.metadata import resolve_model_path
 
     meta = json.loads((resolve_model_path("default") / "model.json").read_text())
     assert f"model id {meta['model_id']}" in out.splitlines()[0]

@@ -8,12 +8,11 @@ import torch
 from conftest import click_train, harmonic_tone, noise, require_shared, INSECTSET
 from librosa_reference import reference_features_db
 
+from fieldmon.feature_extractor import FeatureExtractor, compute_features
 from fieldmon.features import (
-    FeatureExtractor,
     FeatureSettings,
     FeatureSettingsMismatch,
     check_same_settings,
-    compute_features,
     repeat_to_length,
     slaney_mel_filterbank,
 )
@@ -60,14 +59,16 @@ def test_matches_librosa_on_synthetic_signals(signal):
 
 @pytest.mark.parametrize("hpss_power", [2.0, 1.0])
 def test_numba_and_torch_backends_give_the_same_power_channels(hpss_power):
-    # The CPU path fuses magnitude, masks and squaring in numba; the device path
-    # keeps them in torch. A silent window takes the masks' zero branch (0.5 each).
+    # The CPU path (numpy's FFT, then magnitude, masks and squaring fused in numba) and
+    # the device path (torch.stft and torch operations) agree up to the FFTs' rounding,
+    # which only shows in bins far below the 80 dB floor of the features. A silent window
+    # takes the masks' zero branch (0.5 each).
     settings = FeatureSettings(hpss_power=hpss_power)
     batch = np.stack([harmonic_tone(700, 2.0) + click_train(6, 2.0), np.zeros(SETTINGS.window_samples, np.float32)])
     fused = FeatureExtractor(settings, median="numba").power_channels(batch)
     reference = FeatureExtractor(settings, median="torch").power_channels(batch)
     assert fused.shape == reference.shape == (2, 3, SETTINGS.frame_length // 2 + 1, SETTINGS.n_frames)
-    torch.testing.assert_close(fused, reference, rtol=1e-6, atol=1e-30)
+    torch.testing.assert_close(fused, reference, rtol=1e-6, atol=1e-12 * float(reference.max()))
     assert fused[1].abs().max() == 0
 
 

@@ -11,7 +11,7 @@ import torch
 
 from conftest import click_train, harmonic_tone, noise, tone, write_wav
 from fieldmon import FeatureExtractor, load_model
-from fieldmon.model.bundle import BundleError
+from fieldmon.model.metadata import BundleError
 from fieldmon.model.int8 import INT8_NAME, export_trunk, quantize_bundle
 from fieldmon.outputs.store import StoreError
 from fieldmon.scan.pipeline import RunOptions, ScanSettings, scan

@@ -147,7 +147,7 @@ def _banner(page: str) -> str:
 
 
 def test_banner_for_the_shipped_default_model(tmp_path):
-    from fieldmon.model.bundle import read_metadata, resolve_model_path
+    from fieldmon.model.metadata import read_metadata, resolve_model_path
 
     card = read_metadata(resolve_model_path("default"))
     output = survey()

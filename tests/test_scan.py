@@ -87,27 +87,35 @@ def test_time_limit_stops_cleanly_and_the_next_run_continues(tmp_path, tiny_mode
     assert len(det) == 6 and sorted(files.path) == ["f0.wav", "f1.wav", "f2.wav"]
 
 
-def test_time_limit_holds_inside_a_large_batch(tmp_path, tiny_model, monkeypatch):
-    from fieldmon.scan import pipeline
+def test_time_limit_holds_inside_a_large_batch():
+    # A batch runs through the network in chunks, and the time limit is checked between
+    # them: a large batch past the limit is dropped (its files are scanned again by the
+    # next run), not finished.
+    from types import SimpleNamespace
 
-    write_wav(tmp_path / "rec" / "long.wav", 60.0)  # 600 windows at --hop 0.1: one batch, three chunks
-    calls = []
-    predict = pipeline.WindowPredictor.__call__
+    from fieldmon.features import FeatureSettings
+    from fieldmon.scan.pipeline import DEADLINE_CHECK_WINDOWS, _LocalEngine
+    from fieldmon.scan.stages import ScanSummary, WindowPredictions
 
-    def slow(self, windows):
-        calls.append(len(windows))
-        time.sleep(1.0)
-        return predict(self, windows)
+    calls, added = [], []
 
-    monkeypatch.setattr(pipeline.WindowPredictor, "__call__", slow)
-    out = tmp_path / "det.parquet"
-    stopped = scan(tmp_path / "rec", out, tiny_model, ScanSettings(hop_seconds=0.1),
-                   RunOptions(batch_size=4096, time_limit_s=0.5))
-    assert stopped.interrupted and stopped.exit_code == 130 and stopped.files_ok == 0
-    assert len(calls) < 3  # stopped between the chunks of the batch, not after it
-    monkeypatch.setattr(pipeline.WindowPredictor, "__call__", predict)
-    assert scan(tmp_path / "rec", out, tiny_model, ScanSettings(hop_seconds=0.1)).files_ok == 1
-    assert len(read(out)[0]) == 600
+    class SlowPredictor:
+        bundle = SimpleNamespace(feature_settings=FeatureSettings())
+
+        def from_features(self, values):
+            calls.append(len(values))
+            time.sleep(0.4)
+            return WindowPredictions(np.zeros((len(values), 2), np.float32), None, None)
+
+    summary = ScanSummary()
+    collector = SimpleNamespace(summary=summary, add_windows=lambda *args: added.append(args))
+    n = 3 * DEADLINE_CHECK_WINDOWS  # one batch, three chunks
+    engine = _LocalEngine(SlowPredictor(), ScanSettings(), RunOptions(batch_size=4096), None, collector,
+                          time.monotonic() + 0.6, workers=SimpleNamespace())
+    engine._add("long.wav", np.arange(n), np.zeros(n, bool), np.zeros((n, 1), np.float32))
+    engine._run_batch()
+    assert summary.interrupted and calls == [DEADLINE_CHECK_WINDOWS] * 2  # stopped before the third chunk
+    assert added == [] and engine.batch == []
 
 
 def test_a_second_signal_stops_a_scan_at_once(tmp_path, tiny_model):
@@ -117,10 +125,10 @@ def test_a_second_signal_stops_a_scan_at_once(tmp_path, tiny_model):
         write_wav(tmp_path / "rec" / f"f{i}.wav", 4.0, seed=i)
     started = tmp_path / "started"
     # every batch takes 30 s, so only a stop at once ends this scan within seconds
-    script = ("import sys, time, pathlib\nimport fieldmon.scan.pipeline as p\n"
-              "predict, started = p.WindowPredictor.__call__, pathlib.Path(sys.argv[1])\n"
+    script = ("import sys, time, pathlib\nimport fieldmon.scan.predictor as p\n"
+              "predict, started = p.WindowPredictor._predict, pathlib.Path(sys.argv[1])\n"
               "def slow(self, w):\n    started.touch()\n    time.sleep(30)\n    return predict(self, w)\n"
-              "p.WindowPredictor.__call__ = slow\nfrom fieldmon.cli import main\n"
+              "p.WindowPredictor._predict = slow\nfrom fieldmon.cli import main\n"
               "sys.argv = ['fieldmon'] + sys.argv[2:]\nmain()\n")
     proc = subprocess.Popen([sys.executable, "-c", script, str(started), "scan", str(tmp_path / "rec"), "--out",
                              str(tmp_path / "det.parquet"), "--model", str(tiny_model), "--quiet"],

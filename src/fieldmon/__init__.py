@@ -9,10 +9,10 @@ __version__ = "0.1.0"
 # The public names are imported on first use (PEP 562), so that `fieldmon --help` and
 # `from fieldmon import __version__` do not pay for torch, numba and librosa.
 _EXPORTS = {
-    "FeatureExtractor": "fieldmon.features",
+    "FeatureExtractor": "fieldmon.feature_extractor",
     "FeatureSettings": "fieldmon.features",
-    "compute_features": "fieldmon.features",
-    "BundleError": "fieldmon.model.bundle",
+    "compute_features": "fieldmon.feature_extractor",
+    "BundleError": "fieldmon.model.metadata",
     "ModelBundle": "fieldmon.model.bundle",
     "load_model": "fieldmon.model.loading",
 }

@@ -15,22 +15,21 @@ power_to_db), which the tests use as the reference:
   each component, then 10*log10 relative to the channel's maximum, floored
   at ``-top_db`` and mapped linearly to [0, 1].
 
-On CPU the median filters run as an exact sliding-window median in numba,
-vectorised across columns (fieldmon.median), and the magnitude, masks and
-squaring as fused numba loops; on other devices the same steps run as torch
-operations (unfold + median) so that everything stays on the device.
+This module computes them on the CPU with numpy and numba (:func:`hpss_mel`): the STFT
+with numpy's FFT in float64, the median filters as an exact sliding-window median
+vectorised across columns (fieldmon.median), the magnitude, masks and squaring as fused
+loops. It does not import torch, so a scan's feature processes start in a fraction of a
+second. ``fieldmon.feature_extractor.FeatureExtractor`` gives the same features as torch
+tensors on any device (torch operations on a GPU).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
+from functools import lru_cache
 
-import numba
 import numpy as np
-import torch
 
-from fieldmon.median import running_median
 from fieldmon.settings import settings_fingerprint, settings_from_dict, settings_to_dict
 
 AMIN = 1e-10  # librosa.power_to_db's floor
@@ -109,95 +108,101 @@ def repeat_to_length(samples: np.ndarray, length: int) -> np.ndarray:
     return np.tile(samples, -(-length // len(samples)))[:length]
 
 
-class FeatureExtractor:
-    """Turns batches of windows ``[batch, window_samples]`` into ``[batch, 3, n_mels, n_frames]``.
-
-    Holds the Hann window and Mel basis on ``device`` so a scan keeps them resident.
-    ``median`` picks the median-filter backend: "auto" is numba on CPU and torch elsewhere.
-    """
-
-    def __init__(
-        self,
-        settings: FeatureSettings = FeatureSettings(),
-        device: str | torch.device = "cpu",
-        median: str = "auto",
-    ) -> None:
-        self.settings = settings
-        self.device = torch.device(device)
-        if median == "auto":
-            median = "numba" if self.device.type == "cpu" else "torch"
-        if median not in ("numba", "torch"):
-            raise ValueError(f"median must be auto, numba or torch, not {median!r}")
-        if median == "numba" and self.device.type != "cpu":
-            raise ValueError("the numba median filter runs on the CPU only")
-        self.median = median
-        # The STFT runs in float64: in float32 its rounding noise is large relative to
-        # bins 60-80 dB below the peak, which then differ from the reference by >1e-3 dB.
-        self._window = torch.hann_window(settings.frame_length, periodic=True, dtype=torch.float64, device=self.device)
-
-    @cached_property
-    def mel_basis(self) -> torch.Tensor:
-        s = self.settings
-        basis = slaney_mel_filterbank(s.sample_rate, s.frame_length, s.n_mels, s.fmin, s.fmax)
-        return torch.from_numpy(basis).to(self.device)
-
-    def __call__(self, windows: np.ndarray | torch.Tensor) -> torch.Tensor:
-        if self.device.type == "cpu" and len(windows) > CPU_CHUNK:
-            # Each window's temporaries (float64 STFT, medians) take ~8 MB; chunking keeps
-            # a large batch from holding hundreds of MB at once and its working set in
-            # cache. Windows are independent.
-            return torch.cat([self(windows[i : i + CPU_CHUNK]) for i in range(0, len(windows), CPU_CHUNK)])
-        mel = torch.matmul(self.mel_basis, self.power_channels(windows))
-        return _to_unit_db(mel, self.settings.top_db)
-
-    def power_channels(self, windows: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Power spectrograms of the window and of its harmonic and percussive parts,
-        ``[batch, 3, bins, frames]``."""
-        s = self.settings
-        stft = self._stft(windows)
-        if self.median == "numba":
-            # Fused loops: torch's complex abs and its chain of elementwise mask
-            # operations cost as much as the STFT itself; these give the same bits.
-            magnitude = _magnitude(stft.numpy(), s.n_frames)
-            # running_median filters along axis 1 (SIMD across axis 2): across time
-            # on the transposed magnitude [batch, frames, bins], across frequency on it as is.
-            harmonic = running_median(magnitude.transpose(0, 2, 1), s.hpss_kernel).transpose(0, 2, 1)
-            percussive = running_median(magnitude, s.hpss_kernel)
-            return torch.from_numpy(_hpss_power(magnitude, harmonic, percussive, np.float32(s.hpss_power)))
-        magnitude = stft.abs()[..., : s.n_frames].float().contiguous()
-        harmonic = _torch_median_last_axis(magnitude, s.hpss_kernel)
-        percussive = _torch_median_last_axis(magnitude.transpose(1, 2), s.hpss_kernel).transpose(1, 2)
-        mask_harm, mask_perc = _softmasks(harmonic, percussive, s.hpss_power)
-        return torch.stack([magnitude, magnitude * mask_harm, magnitude * mask_perc], dim=1) ** 2
-
-    def _stft(self, windows: np.ndarray | torch.Tensor) -> torch.Tensor:
-        s = self.settings
-        x = torch.as_tensor(windows, dtype=torch.float32).to(self.device)
-        if x.ndim == 1:
-            x = x[None]
-        if x.ndim != 2 or x.shape[1] != s.window_samples:
-            raise ValueError(
-                f"expected windows of shape [batch, {s.window_samples}], got {tuple(x.shape)}"
-            )
-        # Non-finite samples (broken recorders, float WAVs) would turn a whole window
-        # into NaN; they carry no sound, so they count as silence.
-        x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
-        return torch.stft(
-            x.double(),
-            n_fft=s.frame_length,
-            hop_length=s.hop_length,
-            window=self._window,
-            center=True,
-            pad_mode="constant",
-            return_complex=True,
-        )
+def hpss_mel(windows: np.ndarray, settings: FeatureSettings = FeatureSettings()) -> np.ndarray:
+    """Features of a batch of windows ``[batch, window_samples]`` on the CPU, float32
+    ``[batch, 3, n_mels, n_frames]``."""
+    windows = _as_windows(windows, settings)
+    # Each window's temporaries (float64 STFT, medians) take ~8 MB; chunks keep a large
+    # batch from holding hundreds of MB at once and its working set in cache.
+    parts = [_hpss_mel_chunk(windows[i : i + CPU_CHUNK], settings) for i in range(0, len(windows), CPU_CHUNK)]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
-def compute_features(
-    windows: np.ndarray | torch.Tensor, settings: FeatureSettings = FeatureSettings()
-) -> torch.Tensor:
-    """Features of a batch of windows on the CPU; see :class:`FeatureExtractor`."""
-    return FeatureExtractor(settings)(windows)
+def hpss_power_channels(windows: np.ndarray, settings: FeatureSettings) -> np.ndarray:
+    """Power spectrograms of the window and of its harmonic and percussive parts,
+    float32 ``[batch, 3, bins, frames]`` (a view of a ``[batch, 3, frames, bins]`` array)."""
+    return _power_channels_by_frame(_as_windows(windows, settings), settings).transpose(0, 1, 3, 2)
+
+
+def _power_channels_by_frame(windows: np.ndarray, settings: FeatureSettings) -> np.ndarray:
+    from fieldmon.hpss_kernels import hpss_power
+
+    return hpss_power(*_hpss_parts(windows, settings), np.float32(settings.hpss_power))
+
+
+def _hpss_parts(windows: np.ndarray, settings: FeatureSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Magnitude, harmonic and percussive medians, each ``[batch, frames, bins]``."""
+    from fieldmon.hpss_kernels import magnitude_of
+    from fieldmon.median import running_median
+
+    magnitude = magnitude_of(_stft_by_frame(windows, settings))
+    # running_median filters along axis 1 (SIMD across axis 2): across time on the
+    # magnitude as is, across frequency on its transpose.
+    harmonic = running_median(magnitude, settings.hpss_kernel)
+    percussive = np.ascontiguousarray(running_median(magnitude.transpose(0, 2, 1), settings.hpss_kernel)
+                                      .transpose(0, 2, 1))
+    return magnitude, harmonic, percussive
+
+
+@lru_cache(maxsize=8)
+def mel_basis(settings: FeatureSettings) -> np.ndarray:
+    """The Mel filterbank of ``settings``, shared: do not modify it."""
+    return slaney_mel_filterbank(settings.sample_rate, settings.frame_length, settings.n_mels, settings.fmin,
+                                 settings.fmax)
+
+
+def unit_db(power: np.ndarray, top_db: float) -> np.ndarray:
+    """10*log10 relative to each channel's maximum, floored at -top_db, mapped to [0, 1]."""
+    db = 10.0 * np.log10(np.maximum(power, np.float32(AMIN)))
+    db -= db.max(axis=(-2, -1), keepdims=True)
+    np.maximum(db, np.float32(-top_db), out=db)
+    return (db + np.float32(top_db)) / np.float32(top_db)
+
+
+def _as_windows(windows: np.ndarray, settings: FeatureSettings) -> np.ndarray:
+    windows = np.asarray(windows, dtype=np.float32)
+    if windows.ndim == 1:
+        windows = windows[None]
+    if windows.ndim != 2 or windows.shape[1] != settings.window_samples:
+        raise ValueError(f"expected windows of shape [batch, {settings.window_samples}], got {windows.shape}")
+    return windows
+
+
+def _hpss_mel_chunk(windows: np.ndarray, settings: FeatureSettings) -> np.ndarray:
+    from fieldmon.hpss_kernels import hpss_mel_power
+
+    basis, first, stop = _mel_bands(settings)
+    mel = hpss_mel_power(*_hpss_parts(windows, settings), np.float32(settings.hpss_power), basis, first, stop)
+    return unit_db(mel, settings.top_db)
+
+
+@lru_cache(maxsize=8)
+def _mel_bands(settings: FeatureSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The Mel filterbank and, for each band, the range of bins where it is not zero."""
+    basis = mel_basis(settings)
+    nonzero = basis > 0
+    first = np.where(nonzero.any(axis=1), nonzero.argmax(axis=1), 0)
+    stop = np.where(nonzero.any(axis=1), basis.shape[1] - nonzero[:, ::-1].argmax(axis=1), 0)
+    return basis, first.astype(np.int64), stop.astype(np.int64)
+
+
+@lru_cache(maxsize=8)
+def _hann(length: int) -> np.ndarray:
+    return 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(length) / length)  # periodic, as librosa's
+
+
+def _stft_by_frame(windows: np.ndarray, settings: FeatureSettings) -> np.ndarray:
+    """Complex STFT ``[batch, frames, bins]`` of the first ``n_frames`` centred frames.
+    In float64: in float32 its rounding noise is large relative to bins 60-80 dB below
+    the peak, which then differ from the reference by >1e-3 dB."""
+    n_fft, hop, n = settings.frame_length, settings.hop_length, windows.shape[1]
+    x = np.zeros((len(windows), n + 2 * (n_fft // 2)))
+    x[:, n_fft // 2 : n_fft // 2 + n] = windows
+    # Non-finite samples (broken recorders, float WAVs) would turn a whole window into
+    # NaN; they carry no sound, so they count as silence.
+    np.nan_to_num(x, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    frames = np.lib.stride_tricks.sliding_window_view(x, n_fft, axis=1)[:, ::hop][:, : settings.n_frames]
+    return np.fft.rfft(frames * _hann(n_fft), axis=-1)
 
 
 def slaney_mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float = 0.0,
@@ -227,92 +232,3 @@ def _hz_to_mel(hz: float) -> float:
 
 def _mel_to_hz(mels: np.ndarray) -> np.ndarray:
     return np.where(mels >= _MIN_LOG_MEL, _MIN_LOG_HZ * np.exp(_LOGSTEP * (mels - _MIN_LOG_MEL)), _F_SP * mels)
-
-
-def _softmasks(harm: torch.Tensor, perc: torch.Tensor, power: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """librosa.util.softmask(harm, perc) and softmask(perc, harm) with split_zeros=True
-    (margins of 1), sharing their common terms: the same arithmetic, done once."""
-    z = torch.maximum(harm, perc)
-    bad = z < torch.finfo(harm.dtype).tiny
-    z = torch.where(bad, torch.ones_like(z), z)
-    h = (harm / z) ** power
-    p = (perc / z) ** power
-    total = h + p
-    half = torch.full_like(z, 0.5)
-    return torch.where(bad, half, h / total), torch.where(bad, half, p / total)
-
-
-@numba.njit(parallel=True, cache=True)
-def _magnitude(stft: np.ndarray, n_frames: int) -> np.ndarray:
-    """|stft| of the first ``n_frames`` frames, float32."""
-    n_batch, n_bins, _ = stft.shape
-    out = np.empty((n_batch, n_bins, n_frames), dtype=np.float32)
-    for row in numba.prange(n_batch * n_bins):
-        b = row // n_bins
-        r = row % n_bins
-        for t in range(n_frames):
-            z = stft[b, r, t]
-            out[b, r, t] = np.sqrt(z.real * z.real + z.imag * z.imag)
-    return out
-
-
-@numba.njit(parallel=True, cache=True)
-def _hpss_power(magnitude: np.ndarray, harm: np.ndarray, perc: np.ndarray, power: np.float32) -> np.ndarray:
-    """The arithmetic of :func:`_softmasks`, then the three power channels, in one pass."""
-    n_batch, n_bins, n_frames = magnitude.shape
-    out = np.empty((n_batch, 3, n_bins, n_frames), dtype=np.float32)
-    tiny = np.finfo(np.float32).tiny
-    for row in numba.prange(n_batch * n_bins):
-        b = row // n_bins
-        r = row % n_bins
-        for t in range(n_frames):
-            m = magnitude[b, r, t]
-            h = harm[b, r, t]
-            p = perc[b, r, t]
-            z = max(h, p)
-            if z < tiny:
-                mask_harm = mask_perc = np.float32(0.5)
-            else:
-                h = h / z
-                p = p / z
-                if power == 2.0:  # pow() would widen to float64
-                    h = h * h
-                    p = p * p
-                else:
-                    h = h**power
-                    p = p**power
-                mask_harm = h / (h + p)
-                mask_perc = p / (h + p)
-            out[b, 0, r, t] = m * m
-            out[b, 1, r, t] = (m * mask_harm) * (m * mask_harm)
-            out[b, 2, r, t] = (m * mask_perc) * (m * mask_perc)
-    return out
-
-
-def _to_unit_db(power: torch.Tensor, top_db: float) -> torch.Tensor:
-    db = 10.0 * torch.log10(torch.clamp(power, min=AMIN))
-    peak = db.amax(dim=(-2, -1), keepdim=True)
-    db = torch.maximum(db - peak, torch.tensor(-top_db, device=db.device))
-    return (db + top_db) / top_db
-
-
-def _reflect_index(n: int, k: int) -> np.ndarray:
-    """Indices of a length-n axis padded by k//2 on each side in scipy.ndimage's
-    'reflect' mode (d c b a | a b c d | d c b a), repeated for very short axes."""
-    i = np.arange(-(k // 2), n + k // 2)
-    period = 2 * n
-    i = np.mod(i, period)
-    return np.where(i >= n, period - 1 - i, i)
-
-
-def _torch_median_last_axis(x: torch.Tensor, k: int, max_elements: int = 1 << 27) -> torch.Tensor:
-    idx = torch.from_numpy(_reflect_index(x.shape[-1], k)).to(x.device)
-    padded = x.index_select(-1, idx)
-    # unfold multiplies memory by k; chunk the batch to keep it bounded.
-    per_item = x[0].numel() * k if len(x) else 1
-    chunk = max(1, max_elements // per_item)
-    parts = [
-        padded[i : i + chunk].unfold(-1, k, 1).median(dim=-1).values
-        for i in range(0, len(x), chunk)
-    ]
-    return torch.cat(parts)

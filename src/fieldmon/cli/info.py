@@ -14,7 +14,8 @@ from pathlib import Path
 
 import click
 
-from fieldmon.model.bundle import JSON_NAME, BundleError, ModelBundle, read_metadata, resolve_model_path
+from fieldmon.model.bundle import ModelBundle
+from fieldmon.model.metadata import JSON_NAME, BundleError, read_metadata, resolve_model_path
 from fieldmon.model.card import TARGET_FILE_MACRO_F1, preliminary_reasons, validation_file_macro_f1
 from fieldmon.model.network import count_flops, count_parameters
 from fieldmon.model.networks import network_kind

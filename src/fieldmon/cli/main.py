@@ -199,7 +199,7 @@ def train(clips, out, base, steps, epochs, time_budget, device, seed, resume, ca
         raise SystemExit(130) from None
     except Exception as exc:
         display.close()
-        from fieldmon.model.bundle import BundleError
+        from fieldmon.model.metadata import BundleError
         from fieldmon.train.dataset import DatasetError
 
         if isinstance(exc, (DatasetError, BundleError, ValueError, OSError)):
@@ -247,7 +247,7 @@ def evaluate(model, clips, outliers, split, json_out, cache_dir, precision) -> N
     from fieldmon.audio import AudioReadError
     from fieldmon.cli.train import fail, print_evaluation
     from fieldmon.evaluation.evaluate import evaluate as run_evaluation
-    from fieldmon.model.bundle import BundleError
+    from fieldmon.model.metadata import BundleError
     from fieldmon.train.dataset import DatasetError
 
     try:
@@ -270,7 +270,7 @@ def quantize(model, clips, windows, cache_dir) -> None:
     pip install 'fieldmon[int8]'. Measure it with `fieldmon evaluate --precision int8`."""
     from fieldmon.audio import AudioReadError
     from fieldmon.cli.train import fail
-    from fieldmon.model.bundle import BundleError
+    from fieldmon.model.metadata import BundleError
     from fieldmon.train.api import quantize as run_quantize
     from fieldmon.train.dataset import DatasetError
 
@@ -304,7 +304,9 @@ def quantize(model, clips, windows, cache_dir) -> None:
               help="auto: the GPU when torch sees one.")
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=None,
               help="Windows per batch through features and network [default: 16 on a CPU, 64 on a GPU].")
-@click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True, help="Decoding threads.")
+@click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True,
+              help="Feature processes on a CPU (each decodes and computes the features of one file at a time; "
+                   "the network gets the cores they leave); decoding threads on a GPU.")
 @click.option("--precision", type=click.Choice(list(PRECISIONS)), default="fp32", show_default=True,
               help="On CPU, with pip install 'fieldmon[int8]': fp32-onnx gives the same numbers about 2x "
                    "faster; int8 is faster still, with the model's quantised trunk. On a GPU: bf16 or fp16 "
@@ -330,28 +332,40 @@ def scan(recordings, out, model, hop, channel, top_k, min_score, embeddings, tz,
     files scanned; 3 some files failed (listed in the per-file table); 130 interrupted
     (finished files are kept); 1 the scan could not run; 2 bad usage.
     """
-    from fieldmon.cli.scan import ScanDisplay
-    from fieldmon.model.bundle import BundleError
-    from fieldmon.outputs.store import StoreError
-    from fieldmon.scan.pipeline import RayOptions, RunOptions, ScanSettings, scan as run_scan
+    from fieldmon.scan.feature_workers import FeatureWorkers
 
-    settings = ScanSettings(hop_seconds=hop, channel=channel, top_k=top_k, min_score=min_score,
-                            embeddings=embeddings, tz=tz)
-    ray = RayOptions(address, ray_cpus, ray_temp_dir, ray_object_store_gb, ray_actors, ray_actor_cpus)
-    if engine != "ray" and ray != RayOptions(object_store_gb=ray_object_store_gb):
-        raise click.UsageError("--address and the --ray-* options need --engine ray")
-    options = RunOptions(device, batch_size, workers, precision=precision, time_limit_s=time_limit, engine=engine,
-                         ray=ray)
-    display = ScanDisplay(quiet)
+    # A CPU scan's feature processes start first, so that they load their libraries while
+    # this process imports torch and loads the model. (With --device auto on a machine
+    # with a GPU they are closed again unused: telling needs torch.)
+    workers_started = (FeatureWorkers.start(workers) if engine == "local" and device != "cuda"
+                       and PRECISIONS[precision] != "cuda" else None)
     try:
-        summary = run_scan(recordings, out, model, settings, options, display)
-    except (BundleError, StoreError, ValueError, FileNotFoundError) as exc:
-        raise click.ClickException(str(exc)) from exc
-    except KeyboardInterrupt:  # a second Ctrl-C or SIGTERM: stop now
-        display.close()
-        click.echo("stopped at once: files finished before the stop are kept; run the same command to continue",
-                   err=True)
-        raise SystemExit(130) from None
+        from fieldmon.cli.scan import ScanDisplay
+        from fieldmon.model.metadata import BundleError
+        from fieldmon.outputs.store import StoreError
+        from fieldmon.scan.feature_workers import FeatureWorkerError
+        from fieldmon.scan.pipeline import RayOptions, RunOptions, ScanSettings, scan as run_scan
+
+        settings = ScanSettings(hop_seconds=hop, channel=channel, top_k=top_k, min_score=min_score,
+                                embeddings=embeddings, tz=tz)
+        ray = RayOptions(address, ray_cpus, ray_temp_dir, ray_object_store_gb, ray_actors, ray_actor_cpus)
+        if engine != "ray" and ray != RayOptions(object_store_gb=ray_object_store_gb):
+            raise click.UsageError("--address and the --ray-* options need --engine ray")
+        options = RunOptions(device, batch_size, workers, precision=precision, time_limit_s=time_limit,
+                             engine=engine, ray=ray)
+        display = ScanDisplay(quiet)
+        try:
+            summary = run_scan(recordings, out, model, settings, options, display, workers_started)
+        except (BundleError, StoreError, FeatureWorkerError, ValueError, FileNotFoundError) as exc:
+            raise click.ClickException(str(exc)) from exc
+        except KeyboardInterrupt:  # a second Ctrl-C or SIGTERM: stop now
+            display.close()
+            click.echo("stopped at once: files finished before the stop are kept; run the same command to continue",
+                       err=True)
+            raise SystemExit(130) from None
+    finally:
+        if workers_started is not None:
+            workers_started.close()  # scan() closes them; this is for errors before it ran
     display.finish(summary, str(out), str(recordings))
     raise SystemExit(summary.exit_code)
 

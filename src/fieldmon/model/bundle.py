@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import torch
@@ -29,20 +28,10 @@ from fieldmon.features import FeatureSettings, check_same_settings
 from fieldmon.fileio import atomic_write
 from fieldmon.model.network import MLPClassifier
 from fieldmon.model.networks import LEGACY_NETWORK, build_network, network_kind
+from fieldmon.model.metadata import (
+    FORMAT, FORMAT_VERSION, JSON_NAME, WEIGHTS_NAME, BundleError, read_metadata,
+)
 from fieldmon.model.openset import OpenSetParams
-
-FORMAT = "fieldmon-model"
-FORMAT_VERSION = 1
-JSON_NAME = "model.json"
-WEIGHTS_NAME = "model.safetensors"
-DEFAULT_MODEL = "default"
-
-PICKLE_SIGNATURES = (b"\x80", b"PK\x03\x04")  # pickle protocol 2+, torch.save zip archives
-
-
-class BundleError(Exception):
-    """A model bundle that cannot be used, with the reason."""
-
 
 @dataclass
 class Prediction:
@@ -213,54 +202,6 @@ class ModelBundle:
             model_id=meta["model_id"],
         )
         return bundle.eval()
-
-
-def read_metadata(directory: Path) -> dict:
-    """model.json of a bundle, checked for format and version, without loading weights."""
-    if not directory.exists():
-        raise BundleError(f"{directory}: no such model directory")
-    if directory.is_file():
-        with open(directory, "rb") as fh:
-            head = fh.read(4)
-        hint = ""
-        if head.startswith(PICKLE_SIGNATURES):
-            hint = " It looks like a pickled PyTorch checkpoint; fieldmon never unpickles model files."
-        raise BundleError(
-            f"{directory}: is a file; a fieldmon model is a directory holding {JSON_NAME} and {WEIGHTS_NAME}.{hint}"
-        )
-    path = directory / JSON_NAME
-    if not path.is_file():
-        raise BundleError(f"{directory}: not a fieldmon model ({JSON_NAME} is missing)")
-    try:
-        meta = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise BundleError(f"{path}: not a fieldmon model description (format is not {FORMAT!r})")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise BundleError(
-            f"{path}: model format version {meta.get('format_version')!r}; "
-            f"this fieldmon reads version {FORMAT_VERSION}"
-        )
-    required = ("model_id", "name", "loss", "class_names", "feature_settings", "network_settings",
-                "classifier", "open_set", "weights_sha256")
-    missing = [k for k in required if k not in meta]
-    if missing:
-        raise BundleError(f"{path}: missing fields {', '.join(missing)}")
-    return meta
-
-
-def resolve_model_path(model: str | os.PathLike) -> Path:
-    """A path, or "default" for the model shipped inside the package."""
-    if str(model) == DEFAULT_MODEL and not Path(model).exists():
-        path = Path(str(resources.files("fieldmon") / "models" / DEFAULT_MODEL))
-        if not path.exists():
-            raise BundleError(
-                f"the default model is not installed with this copy of fieldmon ({path}); "
-                "pass --model DIR with a model trained by `fieldmon train`"
-            )
-        return path
-    return Path(model)
 
 
 def _section(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

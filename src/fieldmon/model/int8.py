@@ -42,10 +42,10 @@ import torch
 from torch import nn
 
 from fieldmon.fileio import atomic_write
-from fieldmon.model.bundle import JSON_NAME, BundleError, ModelBundle, read_metadata
+from fieldmon.model.bundle import ModelBundle
+from fieldmon.model.metadata import INT8_SUFFIX, JSON_NAME, BundleError, read_metadata
 
 INT8_NAME = "model.int8.onnx"
-INT8_SUFFIX = "+int8"
 EXACT_TOLERANCE = 1e-4  # fp32-onnx against torch, on pooled maps of order 1
 
 

@@ -15,7 +15,10 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+from fieldmon.model.metadata import BundleError
+
 if TYPE_CHECKING:
+    from fieldmon.features import FeatureSettings
     from fieldmon.model.bundle import ModelBundle
 
 # precision -> the device type it runs on ("any": whatever the scan uses). Importing
@@ -23,13 +26,29 @@ if TYPE_CHECKING:
 PRECISIONS = {"fp32": "any", "fp32-onnx": "cpu", "int8": "cpu", "bf16": "cuda", "fp16": "cuda"}
 
 
+def model_identity(model: str | os.PathLike = "default", precision: str = "fp32") -> tuple[str, FeatureSettings]:
+    """The id that :func:`load_model` will give the bundle, and its feature settings,
+    from model.json alone: no torch, no weights (a scan plans its work with them while
+    it loads the model)."""
+    from fieldmon.features import FeatureSettings
+    from fieldmon.model.metadata import INT8_SUFFIX, read_metadata, resolve_model_path
+
+    _check_precision(precision)
+    meta = read_metadata(resolve_model_path(model))
+    suffix = INT8_SUFFIX if precision == "int8" else ""
+    try:
+        return meta["model_id"] + suffix, FeatureSettings.from_dict(meta["feature_settings"])
+    except (TypeError, ValueError) as exc:
+        raise BundleError(f"{model}: its feature settings cannot be read ({exc})") from exc
+
+
 def load_model(model: str | os.PathLike = "default", precision: str = "fp32") -> ModelBundle:
     """The bundle at ``model`` (a directory, or "default" for the shipped model), its
     trunk run at ``precision``."""
-    from fieldmon.model.bundle import ModelBundle, resolve_model_path
+    from fieldmon.model.bundle import ModelBundle
+    from fieldmon.model.metadata import resolve_model_path
 
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    _check_precision(precision)
     path = resolve_model_path(model)
     bundle = ModelBundle.load(path)
     if precision == "fp32":
@@ -46,3 +65,8 @@ def load_model(model: str | os.PathLike = "default", precision: str = "fp32") ->
     from fieldmon.model.autocast import with_autocast_trunk
 
     return with_autocast_trunk(bundle, precision)
+
+
+def _check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")

@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-UNKNOWN = "unknown"
+
 MIN_STD = 1e-3  # a class with one validation window still gets a usable spread
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
-from fieldmon.model.openset import UNKNOWN
+from fieldmon.model.metadata import UNKNOWN
 from fieldmon.outputs.tables import ScanOutput
 
 RAVEN_COLUMNS = ["Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)",

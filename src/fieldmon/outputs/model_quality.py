@@ -17,7 +17,7 @@ class ModelQuality:
 
 
 def _shipped_default_dir() -> Path:
-    from fieldmon.model.bundle import resolve_model_path
+    from fieldmon.model.metadata import resolve_model_path
 
     return resolve_model_path("default")
 
@@ -36,7 +36,7 @@ def model_quality(output: ScanOutput, model: str | os.PathLike | None = None) ->
     The scan records only the model's id; the bundle is looked for at ``model`` (a
     bundle directory) and as the shipped default model, and used when its id is the
     scan's (fieldmon.model.card says when it is preliminary)."""
-    from fieldmon.model.bundle import BundleError, read_metadata
+    from fieldmon.model.metadata import BundleError, read_metadata
 
     scan_id = _scan_model_id(output)
     if scan_id is None:

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from fieldmon import __version__
-from fieldmon.model.openset import UNKNOWN
+from fieldmon.model.metadata import UNKNOWN
 from fieldmon.outputs.effort import (date_range, effort_by_hour, has_dates, naive, recorded_hours, time_column,
                                      unplaced_hours)
 from fieldmon.outputs.model_quality import model_quality

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 
-from fieldmon.model.openset import UNKNOWN
+from fieldmon.model.metadata import UNKNOWN
 from fieldmon.outputs.store import META_DIR, files_table_path
 
 

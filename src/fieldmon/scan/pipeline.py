@@ -1,36 +1,44 @@
 """``fieldmon.scan``: recordings in, per-window detections out.
 
-The local engine: decoding runs in worker threads (libsndfile and soxr release the
-GIL), each pushing batches of windows of one file into a bounded queue, so memory
-stays flat and the model never waits for audio. The main thread gathers windows
-from many files into model batches, runs the predictor on the device, and hands the
+The local engine, on a CPU: feature processes (``feature_workers``) decode, resample
+and compute the features of one file at a time each, and send them in small batches
+over a pipe, so memory stays flat and the features overlap with the network. On a
+GPU: decoding threads (libsndfile and soxr release the GIL) push windows into a
+bounded queue and the features are computed on the GPU. Either way the main thread
+gathers windows from many files into model batches, runs the network, and hands the
 results to the collector, which commits finished files in crash-safe parts.
 ``engine="ray"`` runs the same stages on a Ray cluster (``ray_engine``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import queue
+import sys
 import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from fieldmon.audio import WindowBatch
-from fieldmon.model.bundle import ModelBundle
-from fieldmon.model.loading import PRECISIONS, load_model
+from fieldmon.model.loading import PRECISIONS, load_model, model_identity
+from fieldmon.model.metadata import INT8_SUFFIX
 from fieldmon.outputs.store import DetectionStore
+from fieldmon.scan.decoding import DecodedFile, decode_windows
 from fieldmon.scan.discovery import Recording
+from fieldmon.scan.feature_workers import FeatureWorkers
 from fieldmon.scan.stages import (
-    EXIT_ERROR, EXIT_FILES_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, DecodedFile, ScanCollector, ScanProgress,
-    ScanSettings, ScanSummary, WindowPredictions, WindowPredictor, decode_windows, past, plan_scan, scan_key,
-    scan_metadata,
+    EXIT_ERROR, EXIT_FILES_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ScanCollector, ScanProgress,
+    ScanSettings, ScanSummary, WindowPredictions, past, plan_scan, scan_key, scan_metadata,
 )
 from fieldmon.signals import StopRequest
-from fieldmon.tuning import keep_freed_memory, resolve_device
+
+if TYPE_CHECKING:
+    from fieldmon.model.bundle import ModelBundle
+    from fieldmon.scan.predictor import WindowPredictor
 
 # A batch runs through the network in chunks of this many windows, with the --time-limit
 # checked between them (a default batch is one chunk).
@@ -77,35 +85,58 @@ def scan(
     settings: ScanSettings = ScanSettings(),
     options: RunOptions = RunOptions(),
     progress: ScanProgress | None = None,
+    feature_workers: FeatureWorkers | None = None,
 ) -> ScanSummary:
-    progress = progress or ScanProgress()
+    """Scan ``root`` into ``out``. ``feature_workers``: feature processes started
+    earlier (``FeatureWorkers.start``) for a CPU scan to use; a scan that does not
+    need them (GPU, Ray) closes them, and a CPU scan without them starts its own."""
+    try:
+        return _scan(root, out, model, settings, options, progress or ScanProgress(), feature_workers)
+    finally:
+        if feature_workers is not None:
+            feature_workers.close()  # a no-op when the engine took them over and closed them
+
+
+def _scan(root, out, model, settings: ScanSettings, options: RunOptions, progress: ScanProgress,
+          workers: FeatureWorkers | None) -> ScanSummary:
     started = time.monotonic()
     tz = settings.zone()
     if options.engine not in ("local", "ray"):
         raise ValueError(f"unknown engine {options.engine!r}: use local or ray")
-    if options.engine == "ray" and isinstance(model, ModelBundle):
+    given = None if isinstance(model, (str, os.PathLike)) else model  # a loaded ModelBundle
+    if options.engine == "ray" and given is not None:
         raise ValueError("the Ray engine loads the model on its workers: pass the model's name or path")
+    if given is not None and options.precision == "int8" and not given.model_id.endswith(INT8_SUFFIX):
+        raise ValueError("precision int8 needs the model by path, or a bundle from load_model(path, 'int8')")
     on_onnx = PRECISIONS.get(options.precision) == "cpu"
-    device = resolve_device("cpu" if on_onnx and options.device == "auto" else options.device)
-    if on_onnx and device.type != "cpu":
+    if on_onnx and options.device == "cuda":
         raise ValueError(f"--precision {options.precision} runs on the CPU; use --device cpu "
                          "(on a GPU, use fp32, bf16 or fp16)")
-    if PRECISIONS.get(options.precision) == "cuda" and device.type != "cuda" and options.engine == "local":
-        raise ValueError(f"--precision {options.precision} is for GPUs, and this scan runs on the CPU; "
-                         "there, use fp32-onnx or int8")
-    if options.batch_size is None:
-        options = replace(options, batch_size=default_batch_size(device))
-    if isinstance(model, ModelBundle):
-        if options.precision == "int8" and not model.model_id.endswith("+int8"):
-            raise ValueError("precision int8 needs the model by path, or a bundle from load_model(path, 'int8')")
-        bundle = model
-    else:
-        bundle = load_model(model, options.precision)
-    meta = scan_metadata(bundle, settings, root)
+    # A scan that torch must place (a GPU precision, or --device auto where a GPU may be)
+    # imports it now, so that a refused device leaves no output behind. Otherwise what to
+    # scan is planned from model.json before torch is imported and the weights loaded,
+    # so that on a CPU the feature processes start on it at once.
+    surely_on_cpu = _surely_on_cpu(options)
+    device = _device(options) if PRECISIONS.get(options.precision) == "cuda" or not surely_on_cpu else None
+    model_id, features = (given.model_id, given.feature_settings) if given is not None else model_identity(
+        model, options.precision)
+    meta = scan_metadata(model_id, settings, root)
     summary = ScanSummary()
-    with DetectionStore(out, scan_key(bundle.model_id, settings), meta) as store:
+    with DetectionStore(out, scan_key(model_id, settings), meta) as store, contextlib.ExitStack() as threads:
         summary.retimed = store.retimed  # the output was in another --tz: its rows now are in this one
         plan = plan_scan(root, store, summary)
+        task = {"features": features.to_dict(), "hop": round(settings.hop_seconds * features.sample_rate),
+                "channel": settings.channel, "tz": settings.tz}
+        if surely_on_cpu:
+            workers = workers or FeatureWorkers.start(options.workers)
+            workers.hand_out(plan.todo, task)
+            # The network gets the cores the workers leave; ONNX Runtime takes its thread
+            # count from torch's when the model is loaded.
+            threads.enter_context(_torch_threads(max(1, _cores() - options.workers)))
+        bundle = given if given is not None else load_model(model, options.precision)
+        device = device or _device(options)
+        if options.batch_size is None:
+            options = replace(options, batch_size=default_batch_size(device))
         progress.start(len(plan.todo), sum(r.size for r in plan.todo), summary.files_skipped)
         collector = ScanCollector(bundle, settings, store, meta, summary, progress, options.commit_every_files,
                                   options.commit_every_seconds)
@@ -117,45 +148,133 @@ def scan(
 
             run_on_ray(plan.todo, model, settings, options, collector, Path(out), deadline)
         else:
+            from fieldmon.scan.predictor import WindowPredictor
+            from fieldmon.tuning import keep_freed_memory
+
             if device.type == "cpu" and options.keep_freed_memory:
                 keep_freed_memory()
-            _LocalEngine(WindowPredictor(bundle, device), settings, options, tz, collector, deadline).run(plan.todo)
+            if device.type == "cpu" and not (workers and workers.handed_out):
+                workers = workers or FeatureWorkers.start(options.workers)
+                workers.hand_out(plan.todo, task)
+                threads.enter_context(_torch_threads(max(1, _cores() - options.workers)))
+            # Handed out work is done by the workers whatever the device (features on the
+            # CPU are right on a GPU too); otherwise a GPU computes the features itself.
+            engine_workers = workers if workers and workers.handed_out else None
+            _LocalEngine(WindowPredictor(bundle, device), settings, options, tz, collector, deadline,
+                         engine_workers).run(plan.todo)
         collector.commit()
     summary.wall_seconds = time.monotonic() - started
     return summary
 
 
-def default_batch_size(device: torch.device | str) -> int:
-    return GPU_BATCH_SIZE if torch.device(device).type == "cuda" else CPU_BATCH_SIZE
+def _surely_on_cpu(options: RunOptions) -> bool:
+    """Whether a local scan runs on the CPU, told without importing torch: asked for, or
+    forced by the precision, or "auto" on a machine where torch cannot see a GPU
+    (macOS, or Linux without the device nodes of NVIDIA, AMD ROCm or WSL drivers)."""
+    if options.engine != "local":
+        return False
+    if options.device == "cpu" or PRECISIONS.get(options.precision) == "cpu":
+        return True
+    if options.device != "auto":
+        return False
+    if sys.platform == "darwin":
+        return True
+    return sys.platform.startswith("linux") and not any(
+        Path(node).exists() for node in ("/dev/nvidiactl", "/dev/kfd", "/dev/dxg"))
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def _torch_threads(count: int):
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
+def _device(options: RunOptions):
+    from fieldmon.tuning import resolve_device
+
+    on_onnx = PRECISIONS.get(options.precision) == "cpu"
+    device = resolve_device("cpu" if on_onnx and options.device == "auto" else options.device)
+    if PRECISIONS.get(options.precision) == "cuda" and device.type != "cuda" and options.engine == "local":
+        raise ValueError(f"--precision {options.precision} is for GPUs, and this scan runs on the CPU; "
+                         "there, use fp32-onnx or int8")
+    return device
+
+
+def default_batch_size(device) -> int:
+    """Windows per batch on ``device`` (a torch.device or its name)."""
+    kind = getattr(device, "type", str(device).split(":")[0])
+    return GPU_BATCH_SIZE if kind == "cuda" else CPU_BATCH_SIZE
 
 
 class _LocalEngine:
+    """Gathers the windows of many files into model batches, runs them through the
+    network and hands the results to the collector. On a CPU the windows arrive as
+    features from feature processes (``feature_workers``); on a GPU as samples from
+    decoding threads, and the features are computed on the GPU."""
+
     def __init__(self, predictor: WindowPredictor, settings: ScanSettings, options: RunOptions, tz,
-                 collector: ScanCollector, deadline: float | None) -> None:
+                 collector: ScanCollector, deadline: float | None, workers: FeatureWorkers | None) -> None:
         self.predictor = predictor
         self.settings = settings
         self.options = options
         self.tz = tz
         self.collector = collector
         self.deadline = deadline
+        self.workers = workers
         fs = predictor.bundle.feature_settings
-        self.sample_rate = fs.sample_rate
-        self.window = fs.window_samples
+        self.feature_settings = fs
         self.hop = round(settings.hop_seconds * fs.sample_rate)
-        self.batch: list[tuple[DecodedFile, WindowBatch]] = []
+        self.batch: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]] = []  # relative, starts, partial, values
         self.batch_windows = 0
 
-    def _decode(self, decoded: DecodedFile, out: queue.Queue, stop: threading.Event) -> None:
-        for batch in decode_windows(decoded, self.sample_rate, self.window, self.hop, self.settings, self.tz,
-                                    stop.is_set):
-            out.put(("windows", decoded, batch))
-        out.put(("done", decoded, None))
-
     def run(self, todo: list[Recording]) -> None:
+        with StopRequest() as stop:
+            if self.workers is None:
+                self._run_with_threads(todo, stop)
+            else:
+                self._run_with_workers(stop)
+            if not self.collector.summary.interrupted and self.batch:
+                self._run_batch()
+
+    def _stopping(self, stop: StopRequest) -> bool:
+        if stop.requested or past(self.deadline):
+            self.collector.summary.interrupted = True
+        return self.collector.summary.interrupted
+
+    def _add(self, relative: str, starts: np.ndarray, partial: np.ndarray, values: np.ndarray) -> None:
+        self.batch.append((relative, starts, partial, values))
+        self.batch_windows += len(starts)
+        if self.batch_windows >= self.options.batch_size:
+            self._run_batch()
+
+    def _run_with_workers(self, stop: StopRequest) -> None:
+        while self.workers.alive and not self._stopping(stop):
+            idle = True
+            for message in self.workers.messages(timeout=0.05):
+                idle = False
+                if message[0] == "windows":
+                    self._add(*message[1:])
+                else:
+                    self.collector.file_decoded(message[1])
+            if idle and self.batch:
+                self._run_batch()
+
+    def _run_with_threads(self, todo: list[Recording], stop: StopRequest) -> None:
         items: queue.Queue = queue.Queue(maxsize=4 * max(1, self.options.workers))
         stop_decoding = threading.Event()
         next_file = iter(todo)
         lock = threading.Lock()
+        fs = self.feature_settings
 
         def worker() -> None:
             while not stop_decoding.is_set():
@@ -163,56 +282,51 @@ class _LocalEngine:
                     rec = next(next_file, None)
                 if rec is None:
                     return
-                self._decode(DecodedFile(rec), items, stop_decoding)
+                decoded = DecodedFile(rec)
+                for windows in decode_windows(decoded, fs.sample_rate, fs.window_samples, self.hop,
+                                              self.settings.channel, self.tz, stop_decoding.is_set):
+                    items.put(("windows", decoded, windows))
+                items.put(("done", decoded, None))
 
         threads = [threading.Thread(target=worker, daemon=True) for _ in range(max(1, self.options.workers))]
-        with StopRequest() as stop:
-            for t in threads:
-                t.start()
-            while True:
-                if stop.requested or past(self.deadline):
-                    self.collector.summary.interrupted = True
+        for t in threads:
+            t.start()
+        while not self._stopping(stop):
+            try:
+                kind, decoded, windows = items.get(timeout=0.05)
+            except queue.Empty:
+                if self.batch:
+                    self._run_batch()
+                elif not any(t.is_alive() for t in threads) and items.empty():
                     break
-                try:
-                    kind, decoded, batch = items.get(timeout=0.05)
-                except queue.Empty:
-                    if self.batch:
-                        self._run_batch()
-                    elif not any(t.is_alive() for t in threads) and items.empty():
-                        break
-                    continue
-                if kind == "windows":
-                    self.batch.append((decoded, batch))
-                    self.batch_windows += len(batch.starts)
-                    if self.batch_windows >= self.options.batch_size:
-                        self._run_batch()
-                else:
-                    self.collector.file_decoded(decoded)
-            stop_decoding.set()
-            while any(t.is_alive() for t in threads):  # unblock workers waiting on a full queue
-                try:
-                    items.get(timeout=0.05)
-                except queue.Empty:
-                    pass
-            if not self.collector.summary.interrupted and self.batch:
-                self._run_batch()
+                continue
+            if kind == "windows":
+                self._add(decoded.recording.relative, windows.starts, windows.partial, windows.samples)
+            else:
+                self.collector.file_decoded(decoded)
+        stop_decoding.set()
+        while any(t.is_alive() for t in threads):  # unblock workers waiting on a full queue
+            try:
+                items.get(timeout=0.05)
+            except queue.Empty:
+                pass
 
     def _run_batch(self) -> None:
-        samples = np.concatenate([b.samples for _, b in self.batch])
+        values = np.concatenate([v for *_, v in self.batch])
+        predict = self.predictor if self.workers is None else self.predictor.from_features
         parts = []
-        for start in range(0, len(samples), DEADLINE_CHECK_WINDOWS):
+        for start in range(0, len(values), DEADLINE_CHECK_WINDOWS):
             if past(self.deadline):
                 # --time-limit holds inside a large batch too: the batch is dropped, and its
                 # files, not yet finished, are scanned again by the next run.
                 self.collector.summary.interrupted = True
                 self.batch, self.batch_windows = [], 0
                 return
-            parts.append(self.predictor(samples[start:start + DEADLINE_CHECK_WINDOWS]))
+            parts.append(predict(values[start:start + DEADLINE_CHECK_WINDOWS]))
         predictions = WindowPredictions.concatenate(parts)
         i = 0
-        for decoded, batch in self.batch:
-            n = len(batch.starts)
-            self.collector.add_windows(decoded.recording.relative, batch.starts, batch.partial,
-                                       predictions.slice(i, i + n))
+        for relative, starts, partial, _ in self.batch:
+            n = len(starts)
+            self.collector.add_windows(relative, starts, partial, predictions.slice(i, i + n))
             i += n
         self.batch, self.batch_windows = [], 0

@@ -21,10 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from fieldmon.model.loading import PRECISIONS
-from fieldmon.model.bundle import DEFAULT_MODEL
+from fieldmon.model.metadata import DEFAULT_MODEL
 from fieldmon.outputs.store import META_DIR
 from fieldmon.scan.discovery import Recording
-from fieldmon.scan.stages import DecodedFile, ScanCollector, ScanSettings, WindowPredictions, decode_windows, past
+from fieldmon.scan.decoding import DecodedFile, decode_windows
+from fieldmon.scan.stages import ScanCollector, ScanSettings, WindowPredictions, past
 from fieldmon.signals import StopRequest
 
 # Ray's sockets live under its temp dir and a Unix socket path may not exceed 107 bytes;
@@ -139,7 +140,7 @@ def _decode_files(batch: dict, sample_rate: int, window: int, hop: int, settings
     for text in batch["recording"]:
         decoded = DecodedFile.from_json(text)
         relative = decoded.recording.relative
-        for windows in decode_windows(decoded, sample_rate, window, hop, settings, tz):
+        for windows in decode_windows(decoded, sample_rate, window, hop, settings.channel, tz):
             n = len(windows.starts)
             yield {"path": np.full(n, relative, object), "start": windows.starts, "partial": windows.partial,
                    "samples": windows.samples, "decoded": np.full(n, "", object)}
@@ -155,7 +156,7 @@ class _ModelActor:
         import torch
 
         from fieldmon.model.loading import load_model
-        from fieldmon.scan.stages import WindowPredictor
+        from fieldmon.scan.predictor import WindowPredictor
 
         torch.set_num_threads(threads)
         self.predictor = WindowPredictor(load_model(model, precision), torch.device(device))

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 
 from fieldmon import __version__
-from fieldmon.model.openset import UNKNOWN
+from fieldmon.model.metadata import UNKNOWN
 from fieldmon.recorder import RecorderInfo
 
 def detection_schema(top_k: int, embedding_dim: int | None, metadata: dict) -> pa.Schema:

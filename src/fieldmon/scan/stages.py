@@ -2,35 +2,35 @@
 
     plan_scan        recordings found under the root, less those the output already holds
     decode_windows   one recording -> batches of 2 s windows, and what was learnt about the file
-    WindowPredictor  features + CNN + MLP + open-set scores of a batch of windows
+                     (``decoding``; on the CPU, ``feature_workers`` run it with the features)
+    WindowPredictor  features + CNN + MLP + open-set scores of a batch of windows (``predictor``)
     ScanCollector    predictions -> detection rows and per-file rows, committed crash-safely
 
-The local engine (``pipeline``) runs decoding in threads; the Ray engine (``ray_engine``)
+The local engine (``pipeline``) runs decoding and features in worker processes on a CPU,
+decoding in threads on a GPU; the Ray engine (``ray_engine``)
 runs it in Ray tasks and the predictor in Ray actors. Both hand their results to one
 ScanCollector in the process that owns the output.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 import numpy as np
-import torch
 
-from fieldmon.audio import AudioReadError, WindowBatch, open_sound, stream_windows
-from fieldmon.features import FeatureExtractor
-from fieldmon.model.bundle import ModelBundle
 from fieldmon.outputs.retime import RetimeResult
 from fieldmon.outputs.store import DetectionStore, FileRecord, settings_key
-from fieldmon.recorder import RecorderInfo, parse_zone, recorder_info
+from fieldmon.recorder import parse_zone
+from fieldmon.scan.decoding import DecodedFile
 from fieldmon.scan.discovery import Recording, discover
 from fieldmon.scan.rows import concat_columns, detection_schema, file_schema, output_metadata, window_rows
+
+if TYPE_CHECKING:
+    from fieldmon.model.bundle import ModelBundle
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_FILES_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -145,78 +145,6 @@ def _unchanged(record: FileRecord | None, recording: Recording) -> bool:
         recording.size, recording.mtime_ns)
 
 
-# -- decoding -------------------------------------------------------------------
-
-
-@dataclass
-class DecodedFile:
-    """What decoding learnt about one recording besides its windows."""
-
-    recording: Recording
-    info: RecorderInfo | None = None
-    sample_rate: int | None = None
-    channels: int | None = None
-    windows: int = 0
-    decoded_samples: int | None = None  # at the model's rate; set once the end was reached
-    error: str | None = None
-
-    def to_json(self) -> str:
-        info = None if self.info is None else {
-            "local_start": _iso(self.info.local_start), "utc_start": _iso(self.info.utc_start),
-            "site": self.info.site, "time_source": self.info.time_source}
-        rec = self.recording
-        return json.dumps({"recording": [str(rec.path), rec.relative, rec.size, rec.mtime_ns], "info": info,
-                           "sample_rate": self.sample_rate, "channels": self.channels, "windows": self.windows,
-                           "decoded_samples": self.decoded_samples, "error": self.error})
-
-    @classmethod
-    def from_json(cls, text: str) -> DecodedFile:
-        d = json.loads(text)
-        path, relative, size, mtime_ns = d.pop("recording")
-        info = d.pop("info")
-        if info is not None:
-            info = RecorderInfo(_from_iso(info["local_start"]), _from_iso(info["utc_start"]), info["site"],
-                                info["time_source"])
-        return cls(Recording(Path(path), relative, size, mtime_ns), info, **d)
-
-
-def _iso(value: dt.datetime | None) -> str | None:
-    return None if value is None else value.isoformat()
-
-
-def _from_iso(text: str | None) -> dt.datetime | None:
-    return None if text is None else dt.datetime.fromisoformat(text)
-
-
-def decode_windows(decoded: DecodedFile, sample_rate: int, window: int, hop: int, settings: ScanSettings,
-                   tz: ZoneInfo | None, stopped=lambda: False) -> Iterator[WindowBatch]:
-    """Batches of windows of ``decoded.recording`` at the model's rate; fills in
-    ``decoded`` as it goes. A file that cannot be read ends the stream with
-    ``decoded.error`` set; it never raises, because one bad file must never stop a
-    run over thousands."""
-    rec = decoded.recording
-    try:
-        with open_sound(rec.path) as sound:
-            decoded.sample_rate, decoded.channels = sound.samplerate, sound.channels
-        decoded.info = recorder_info(rec.path, tz)
-        stream = stream_windows(rec.path, sample_rate, window, hop, settings.channel)
-        while not stopped():
-            try:
-                batch = next(stream)
-            except StopIteration as end:
-                decoded.decoded_samples = end.value
-                if end.value == 0:
-                    decoded.error = "the file holds no audio samples"
-                return
-            decoded.windows += len(batch.starts)
-            yield batch
-        decoded.error = "the scan stopped before the end of the file"
-    except AudioReadError as exc:
-        decoded.error = exc.problem
-    except Exception as exc:
-        decoded.error = f"cannot decode audio ({type(exc).__name__}: {exc})"
-
-
 # -- the model -------------------------------------------------------------------
 
 
@@ -242,28 +170,6 @@ class WindowPredictions:
             np.concatenate([p.probabilities for p in parts]),
             None if first.open_set_scores is None else np.concatenate([p.open_set_scores for p in parts]),
             None if first.embeddings is None else np.concatenate([p.embeddings for p in parts]),
-        )
-
-
-class WindowPredictor:
-    """Features, network, classifier and open-set scores for a batch of raw windows,
-    on the bundle's device."""
-
-    def __init__(self, bundle: ModelBundle, device: torch.device) -> None:
-        self.bundle = bundle.to(device).eval()
-        self.device = device
-        self.features = FeatureExtractor(bundle.feature_settings, device)
-
-    def __call__(self, windows: np.ndarray) -> WindowPredictions:
-        x = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32))
-        if self.device.type == "cuda":
-            x = x.pin_memory().to(self.device, non_blocking=True)
-        with torch.inference_mode():
-            prediction = self.bundle.predict(self.features(x), self.bundle.feature_settings)
-        return WindowPredictions(
-            prediction.probabilities.float().cpu().numpy(),
-            None if prediction.open_set_scores is None else prediction.open_set_scores.float().cpu().numpy(),
-            None if prediction.embeddings is None else prediction.embeddings.float().cpu().numpy(),
         )
 
 
@@ -405,5 +311,5 @@ class ScanCollector:
         self.last_commit = time.monotonic()
 
 
-def scan_metadata(bundle: ModelBundle, settings: ScanSettings, root: str | Path) -> dict:
-    return {**output_metadata(bundle.model_id, settings.key_fields()), "root": str(Path(root).resolve())}
+def scan_metadata(model_id: str, settings: ScanSettings, root: str | Path) -> dict:
+    return {**output_metadata(model_id, settings.key_fields()), "root": str(Path(root).resolve())}

@@ -15,7 +15,8 @@ from fieldmon.audio import AudioReadError
 from fieldmon.evaluation.evaluate import evaluate_windows
 from fieldmon.features import FeatureSettings
 from fieldmon.fileio import atomic_write
-from fieldmon.model.bundle import ModelBundle, resolve_model_path
+from fieldmon.model.bundle import ModelBundle
+from fieldmon.model.metadata import resolve_model_path
 from fieldmon.model.loading import load_model
 from fieldmon.model.network import DenseHead
 from fieldmon.model.networks import build_network, network_kind, settings_class

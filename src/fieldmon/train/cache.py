@@ -20,7 +20,8 @@ from typing import Callable
 import numpy as np
 
 from fieldmon.audio import AudioReadError, cut_windows, load_audio
-from fieldmon.features import FeatureExtractor, FeatureSettings
+from fieldmon.feature_extractor import FeatureExtractor
+from fieldmon.features import FeatureSettings
 from fieldmon.fileio import atomic_write, user_cache_dir
 from fieldmon.train.dataset import Clip, DatasetError
 

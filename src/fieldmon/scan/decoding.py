@@ -1,0 +1,88 @@
+"""Decoding: one recording -> batches of 2 s windows at the model's rate, and what was
+learnt about the file on the way (recorder time and site, sample rate, errors).
+
+Shared by every engine, and free of torch, so that a scan's feature processes
+(``feature_workers``) start without it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from fieldmon.audio import AudioReadError, WindowBatch, open_sound, stream_windows
+from fieldmon.recorder import RecorderInfo, recorder_info
+from fieldmon.scan.discovery import Recording
+
+
+@dataclass
+class DecodedFile:
+    """What decoding learnt about one recording besides its windows."""
+
+    recording: Recording
+    info: RecorderInfo | None = None
+    sample_rate: int | None = None
+    channels: int | None = None
+    windows: int = 0
+    decoded_samples: int | None = None  # at the model's rate; set once the end was reached
+    error: str | None = None
+
+    def to_json(self) -> str:
+        info = None if self.info is None else {
+            "local_start": _iso(self.info.local_start), "utc_start": _iso(self.info.utc_start),
+            "site": self.info.site, "time_source": self.info.time_source}
+        rec = self.recording
+        return json.dumps({"recording": [str(rec.path), rec.relative, rec.size, rec.mtime_ns], "info": info,
+                           "sample_rate": self.sample_rate, "channels": self.channels, "windows": self.windows,
+                           "decoded_samples": self.decoded_samples, "error": self.error})
+
+    @classmethod
+    def from_json(cls, text: str) -> DecodedFile:
+        d = json.loads(text)
+        path, relative, size, mtime_ns = d.pop("recording")
+        info = d.pop("info")
+        if info is not None:
+            info = RecorderInfo(_from_iso(info["local_start"]), _from_iso(info["utc_start"]), info["site"],
+                                info["time_source"])
+        return cls(Recording(Path(path), relative, size, mtime_ns), info, **d)
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _from_iso(text: str | None) -> dt.datetime | None:
+    return None if text is None else dt.datetime.fromisoformat(text)
+
+
+def decode_windows(decoded: DecodedFile, sample_rate: int, window: int, hop: int, channel: int | None,
+                   tz: ZoneInfo | None, stopped=lambda: False, batch: int = 64) -> Iterator[WindowBatch]:
+    """Batches of windows of ``decoded.recording`` at the model's rate; fills in
+    ``decoded`` as it goes. A file that cannot be read ends the stream with
+    ``decoded.error`` set; it never raises, because one bad file must never stop a
+    run over thousands."""
+    rec = decoded.recording
+    try:
+        with open_sound(rec.path) as sound:
+            decoded.sample_rate, decoded.channels = sound.samplerate, sound.channels
+        decoded.info = recorder_info(rec.path, tz)
+        stream = stream_windows(rec.path, sample_rate, window, hop, channel, batch=batch)
+        while not stopped():
+            try:
+                windows = next(stream)
+            except StopIteration as end:
+                decoded.decoded_samples = end.value
+                if end.value == 0:
+                    decoded.error = "the file holds no audio samples"
+                return
+            decoded.windows += len(windows.starts)
+            yield windows
+        decoded.error = "the scan stopped before the end of the file"
+    except AudioReadError as exc:
+        decoded.error = exc.problem
+    except Exception as exc:
+        decoded.error = f"cannot decode audio ({type(exc).__name__}: {exc})"
