@@ -2,10 +2,10 @@
 
     python benchmarks/scan.py throughput [--hours 1] [--model default|DIR] [--device cpu|cuda]
                                          [--precision fp32,fp32-onnx,int8,bf16,fp16] [--birdnet PEER_SCRIPT]
-                                         [--batch-size N] [--workers 2] [--stage-windows 256]
+                                         [--batch-size N] [--workers N] [--stage-windows 256]
     python benchmarks/scan.py memory [--short-min 10] [--long-hours 10] [--model DIR]
     python benchmarks/scan.py process --birdnet PEER_SCRIPT [--short-min 10] [--repeats 3]
-                                      [--precision fp32,int8] [--model default]
+                                      [--precision fp32,int8] [--model default] [--memory-files 1,6,12]
 
 throughput: writes a synthetic recording (noise with tones and clicks; 48 kHz as
 AudioMoths record, so the scan resamples to the model's 44.1 kHz) and reports, in one
@@ -27,7 +27,8 @@ process: the whole `fieldmon scan FILE` command (interpreter start, imports, mod
 scan, Parquet) against the whole BirdNET peer command on the same --short-min file, in
 turns, --repeats times: wall clock, and peak resident memory of the command's whole
 process tree (fieldmon's feature processes included); reports the median wall time of
-each and its ratio to BirdNET's.
+each and its ratio to BirdNET's. --memory-files: then the peak memory (whole process
+tree) of `fieldmon scan DIR` on folders of that many copies of the file.
 """
 
 from __future__ import annotations
@@ -234,12 +235,11 @@ def _pipeline_stage_rates(audio: Path, model: str, device: str, precision: str, 
     from fieldmon.features import hpss_mel
     from fieldmon.scan.decoding import DecodedFile, decode_windows
     from fieldmon.scan.discovery import discover
-    from fieldmon.scan.feature_workers import WINDOWS_PER_MESSAGE
-    from fieldmon.scan.pipeline import _cores
+    from fieldmon.scan.feature_workers import WINDOWS_PER_MESSAGE, cores
 
     saved = numba.get_num_threads(), torch.get_num_threads()
     numba.set_num_threads(1)
-    torch.set_num_threads(max(1, _cores() - workers))
+    torch.set_num_threads(max(1, cores() - workers))
     try:
         bundle = load_model(model, precision).eval()  # ONNX Runtime takes torch's thread count now
         fs = bundle.feature_settings
@@ -261,7 +261,7 @@ def _pipeline_stage_rates(audio: Path, model: str, device: str, precision: str, 
         torch.set_num_threads(saved[1])
     return {"feature_process_windows_per_s": rate(len(features), feature_process),
             "network_beside_workers_windows_per_s": rate(len(features), network),
-            "network_threads": max(1, _cores() - workers)}
+            "network_threads": max(1, cores() - workers)}
 
 
 def _wait_for(device: str) -> None:
@@ -313,6 +313,34 @@ def whole_processes(audio: Path, model: str, precisions: list[str], peer: str, r
     return result
 
 
+def memory_by_files(audio: Path, model: str, precisions: list[str], counts: list[int], work: Path) -> dict:
+    """Peak memory of the whole `fieldmon scan DIR` process tree (default settings) over
+    folders of 1, 6, 12 ... copies of ``audio`` (hard links: no disk used)."""
+    fieldmon = str(Path(sys.executable).with_name("fieldmon"))
+    result: dict = {}
+    for count in counts:
+        folder = work / f"files_{count}"
+        folder.mkdir(exist_ok=True)
+        for i in range(count):
+            if not (folder / f"copy{i}.wav").exists():
+                os.link(audio, folder / f"copy{i}.wav")
+        for precision in precisions:
+            out = work / f"memory_{count}_{precision}.parquet"
+            for old in work.glob(f"memory_{count}_{precision}.*parquet"):
+                shutil.rmtree(old)
+            start = time.perf_counter()
+            child = subprocess.Popen([fieldmon, "scan", str(folder), "--out", str(out), "--model", model,
+                                      "--precision", precision, "--quiet"], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True)
+            with TreeMemory(child.pid) as memory:
+                _, stderr = child.communicate()
+            if child.returncode != 0:
+                raise RuntimeError(f"{count} files, {precision} failed: {stderr[-2000:]}")
+            result.setdefault(precision, {})[str(count)] = {"peak_rss_mb": memory.peak_mb,
+                                                            "wall_s": time.perf_counter() - start}
+    return result
+
+
 def print_table(result: dict) -> None:
     precisions = [k for k in PRECISIONS if k in result]
     rows = [("feature process", "feature_process_windows_per_s"),
@@ -348,7 +376,8 @@ def main() -> None:
     parser.add_argument("--sample-rate", type=int, default=48000)
     parser.add_argument("--precision", default="fp32", help="comma-separated: " + ",".join(PRECISIONS))
     parser.add_argument("--batch-size", type=int, default=None, help="default: the scan's (16 on a CPU, 64 on a GPU)")
-    parser.add_argument("--workers", type=int, default=2, help="feature processes (GPU: decoding threads) of the scan")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="feature processes (GPU: decoding threads) of the scan; default: the scan's")
     parser.add_argument("--stage-windows", type=int, default=256, help="windows timed per stage")
     parser.add_argument("--birdnet", default=None, help="path of ../shared/tools/birdnet-peer")
     parser.add_argument("--model", default=None)
@@ -356,6 +385,8 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--audio", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--repeats", type=int, default=3, help="process: runs of each command")
+    parser.add_argument("--memory-files", default=None,
+                        help="process: also the peak memory of scanning folders of this many copies, e.g. 1,6,12")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="fieldmon-bench-"))
@@ -370,11 +401,18 @@ def main() -> None:
         audio = synthetic_recording(work / f"synthetic_{args.short_min:g}min.wav", args.short_min * 60, args.sample_rate)
         result = whole_processes(audio, args.model or "default", args.precision.split(","), args.birdnet,
                                  args.repeats, work)
+        if args.memory_files:
+            result["memory_by_files"] = memory_by_files(audio, args.model or "default", args.precision.split(","),
+                                                        [int(n) for n in args.memory_files.split(",")], work)
         print(json.dumps(result, indent=2))
         if args.json:
             args.json.write_text(json.dumps(result, indent=2))
         return
     model = args.model or str(tiny_model(work))
+    if args.workers is None:
+        from fieldmon.scan.feature_workers import default_workers
+
+        args.workers = default_workers(args.device == "cpu")
     if args.batch_size is None:
         from fieldmon.scan.pipeline import default_batch_size
 

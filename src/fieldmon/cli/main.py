@@ -304,9 +304,10 @@ def quantize(model, clips, windows, cache_dir) -> None:
               help="auto: the GPU when torch sees one.")
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=None,
               help="Windows per batch through features and network [default: 16 on a CPU, 64 on a GPU].")
-@click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True,
+@click.option("--workers", type=click.IntRange(1, 64), default=None,
               help="Feature processes on a CPU (each decodes and computes the features of one file at a time; "
-                   "the network gets the cores they leave); decoding threads on a GPU.")
+                   "the network gets the cores they leave); decoding threads on a GPU. [default: half the "
+                   "cores on a CPU, 2 on a GPU]")
 @click.option("--precision", type=click.Choice(list(PRECISIONS)), default="fp32", show_default=True,
               help="On CPU, with pip install 'fieldmon[int8]': fp32-onnx gives the same numbers about 2x "
                    "faster; int8 is faster still, with the model's quantised trunk. On a GPU: bf16 or fp16 "
@@ -332,12 +333,12 @@ def scan(recordings, out, model, hop, channel, top_k, min_score, embeddings, tz,
     files scanned; 3 some files failed (listed in the per-file table); 130 interrupted
     (finished files are kept); 1 the scan could not run; 2 bad usage.
     """
-    from fieldmon.scan.feature_workers import FeatureWorkers
+    from fieldmon.scan.feature_workers import FeatureWorkers, default_workers
 
     # A CPU scan's feature processes start first, so that they load their libraries while
     # this process imports torch and loads the model. (With --device auto on a machine
     # with a GPU they are closed again unused: telling needs torch.)
-    workers_started = (FeatureWorkers.start(workers) if engine == "local" and device != "cuda"
+    workers_started = (FeatureWorkers.start(workers or default_workers(on_cpu=True)) if engine == "local" and device != "cuda"
                        and PRECISIONS[precision] != "cuda" else None)
     try:
         from fieldmon.cli.scan import ScanDisplay

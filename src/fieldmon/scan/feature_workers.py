@@ -54,6 +54,18 @@ _ONE_THREAD = {name: "1" for name in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "O
 _LENGTH = struct.Struct("<Q")
 
 
+def cores() -> int:
+    """The CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def default_workers(on_cpu: bool) -> int:
+    """Feature processes of a CPU scan: half the cores, the other half for the network. On
+    2 cores, a second feature process made 12 files of 10 min no faster (fp32 40.3 against
+    37.9 s, int8 25.5 against 27.0 s) and took 300 MB more. On a GPU: decoding threads."""
+    return max(1, cores() // 2) if on_cpu else 2
+
+
 class FeatureWorkerError(RuntimeError):
     """The feature processes could not run at all (not one bad file: those fail alone)."""
 

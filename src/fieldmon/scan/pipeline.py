@@ -29,7 +29,7 @@ from fieldmon.model.metadata import INT8_SUFFIX
 from fieldmon.outputs.store import DetectionStore
 from fieldmon.scan.decoding import DecodedFile, decode_windows
 from fieldmon.scan.discovery import Recording
-from fieldmon.scan.feature_workers import FeatureWorkers
+from fieldmon.scan.feature_workers import FeatureWorkers, cores, default_workers
 from fieldmon.scan.stages import (
     EXIT_ERROR, EXIT_FILES_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ScanCollector, ScanProgress,
     ScanSettings, ScanSummary, WindowPredictions, past, plan_scan, scan_key, scan_metadata,
@@ -68,7 +68,7 @@ class RayOptions:
 class RunOptions:
     device: str = "auto"
     batch_size: int | None = None  # None: default_batch_size(device)
-    workers: int = 2
+    workers: int | None = None  # feature processes (CPU) or decoding threads (GPU); None: default_workers
     commit_every_files: int = 200
     commit_every_seconds: float = 60.0
     keep_freed_memory: bool = False
@@ -118,6 +118,8 @@ def _scan(root, out, model, settings: ScanSettings, options: RunOptions, progres
     # so that on a CPU the feature processes start on it at once.
     surely_on_cpu = _surely_on_cpu(options)
     device = _device(options) if PRECISIONS.get(options.precision) == "cuda" or not surely_on_cpu else None
+    if options.workers is None:
+        options = replace(options, workers=default_workers(surely_on_cpu or device.type == "cpu"))
     model_id, features = (given.model_id, given.feature_settings) if given is not None else model_identity(
         model, options.precision)
     meta = scan_metadata(model_id, settings, root)
@@ -132,7 +134,7 @@ def _scan(root, out, model, settings: ScanSettings, options: RunOptions, progres
             workers.hand_out(plan.todo, task)
             # The network gets the cores the workers leave; ONNX Runtime takes its thread
             # count from torch's when the model is loaded.
-            threads.enter_context(_torch_threads(max(1, _cores() - options.workers)))
+            threads.enter_context(_torch_threads(max(1, cores() - options.workers)))
         bundle = given if given is not None else load_model(model, options.precision)
         device = device or _device(options)
         if options.batch_size is None:
@@ -156,7 +158,7 @@ def _scan(root, out, model, settings: ScanSettings, options: RunOptions, progres
             if device.type == "cpu" and not (workers and workers.handed_out):
                 workers = workers or FeatureWorkers.start(options.workers)
                 workers.hand_out(plan.todo, task)
-                threads.enter_context(_torch_threads(max(1, _cores() - options.workers)))
+                threads.enter_context(_torch_threads(max(1, cores() - options.workers)))
             # Handed out work is done by the workers whatever the device (features on the
             # CPU are right on a GPU too); otherwise a GPU computes the features itself.
             engine_workers = workers if workers and workers.handed_out else None
@@ -181,10 +183,6 @@ def _surely_on_cpu(options: RunOptions) -> bool:
         return True
     return sys.platform.startswith("linux") and not any(
         Path(node).exists() for node in ("/dev/nvidiactl", "/dev/kfd", "/dev/dxg"))
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 @contextlib.contextmanager
