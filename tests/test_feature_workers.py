@@ -80,35 +80,33 @@ def test_scan_with_several_workers_equals_one_worker(tmp_path, tiny_model):
     outputs = []
     for workers in (1, 3):
         out = tmp_path / f"det{workers}.parquet"
-        summary = scan(tmp_path / "rec", out, tiny_model, options=RunOptions(device="cpu", workers=workers))
+        summary = scan(tmp_path / "rec", out, tiny_model,
+                       options=RunOptions(device="cpu", workers=workers, feature_processes=True))
         assert summary.files_ok == 4 and summary.exit_code == 0
         det, _ = read(out)
         outputs.append(det.sort_values(["path", "window_start_s"]).reset_index(drop=True))
     assert outputs[0][["path", "window_start_s", "label", "score"]].equals(outputs[1][["path", "window_start_s", "label", "score"]])
 
 
-def test_decoding_threads_of_a_gpu_scan_give_the_rows_of_the_feature_processes(tmp_path, tiny_model, monkeypatch):
-    # On a GPU the windows come from decoding threads and the features are computed in the
-    # scan's process; run that path here on the CPU and compare.
-    from fieldmon.scan import pipeline
-
+def test_features_in_the_scans_process_give_the_rows_of_the_feature_processes(tmp_path, tiny_model):
     for i in range(3):
         write_wav(tmp_path / "rec" / f"f{i}.wav", 5.0 + i, sr=48000, seed=i)
-    scan(tmp_path / "rec", tmp_path / "processes.parquet", tiny_model, options=RunOptions(device="cpu"))
-    engine_init = pipeline._LocalEngine.__init__
-    monkeypatch.setattr(pipeline._LocalEngine, "__init__", lambda self, *args: engine_init(self, *args[:-1], None))
-    summary = scan(tmp_path / "rec", tmp_path / "threads.parquet", tiny_model, options=RunOptions(device="cpu"))
-    assert summary.files_ok == 3
+    for processes in (True, False):
+        summary = scan(tmp_path / "rec", tmp_path / f"{processes}.parquet", tiny_model,
+                       options=RunOptions(device="cpu", feature_processes=processes))
+        assert summary.files_ok == 3
     columns = ["path", "window_start_s", "partial", "label", "score"]
-    by_processes, by_threads = (read(tmp_path / f"{name}.parquet")[0].sort_values(columns[:2])[columns]
-                                .reset_index(drop=True) for name in ("processes", "threads"))
-    assert len(by_threads) == 3 + 3 + 4 and by_threads.equals(by_processes)
+    by_processes, in_process = (read(tmp_path / f"{processes}.parquet")[0].sort_values(columns[:2])[columns]
+                                .reset_index(drop=True) for processes in (True, False))
+    assert len(in_process) == 3 + 3 + 4 and in_process[columns[:4]].equals(by_processes[columns[:4]])
+    # the same features; the network ran on one thread beside the processes, on two without
+    np.testing.assert_allclose(in_process.score, by_processes.score, rtol=1e-5)
 
 
 def test_scan_rows_equal_the_model_on_the_same_windows(tmp_path, tiny_model):
     path = write_wav(tmp_path / "rec" / "a.wav", 6.0)
     out = tmp_path / "det.parquet"
-    scan(tmp_path / "rec", out, tiny_model, ScanSettings(top_k=1), RunOptions(device="cpu"))
+    scan(tmp_path / "rec", out, tiny_model, ScanSettings(top_k=1), RunOptions(device="cpu", feature_processes=True))
     det, _ = read(out)
     bundle = load_model(tiny_model)
     settings = bundle.feature_settings
@@ -131,7 +129,7 @@ def test_a_script_without_a_main_guard_can_scan(tmp_path, tiny_model):
     script = tmp_path / "my_scan.py"
     script.write_text("from fieldmon.scan.pipeline import RunOptions, scan\n"
                       f"s = scan({str(tmp_path / 'rec')!r}, {str(tmp_path / 'det.parquet')!r}, {str(tiny_model)!r},"
-                      " options=RunOptions(device='cpu', workers=2))\n"
+                      " options=RunOptions(device='cpu', workers=2, feature_processes=True))\n"
                       "print('scanned', s.files_ok)\n")
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -150,7 +148,7 @@ def test_feature_processes_end_when_the_scan_is_killed(tmp_path, tiny_model):
               "sys.argv = ['fieldmon'] + sys.argv[2:]\nmain()\n")
     proc = subprocess.Popen([sys.executable, "-c", script, str(started), "scan", str(tmp_path / "rec"), "--out",
                              str(tmp_path / "det.parquet"), "--model", str(tiny_model), "--device", "cpu",
-                             "--workers", "2", "--quiet"])
+                             "--workers", "2", "--feature-processes", "--quiet"])
     deadline = time.monotonic() + 60
     while not started.exists():
         assert time.monotonic() < deadline and proc.poll() is None
@@ -183,3 +181,14 @@ def _running(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def test_feature_processes_by_default_with_the_onnx_precisions_only():
+    from fieldmon.scan.options import RunOptions, uses_feature_processes
+
+    assert uses_feature_processes(RunOptions(precision="int8")) and uses_feature_processes(
+        RunOptions(precision="fp32-onnx"))
+    assert not uses_feature_processes(RunOptions()) and not uses_feature_processes(RunOptions(precision="bf16"))
+    assert uses_feature_processes(RunOptions(feature_processes=True))
+    assert not uses_feature_processes(RunOptions(precision="int8", feature_processes=False))
+    assert not uses_feature_processes(RunOptions(precision="int8", engine="ray"))

@@ -305,9 +305,13 @@ def quantize(model, clips, windows, cache_dir) -> None:
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=None,
               help="Windows per batch through features and network [default: 16 on a CPU, 64 on a GPU].")
 @click.option("--workers", type=click.IntRange(1, 64), default=None,
-              help="Feature processes on a CPU (each decodes and computes the features of one file at a time; "
-                   "the network gets the cores they leave); decoding threads on a GPU. [default: half the "
-                   "cores on a CPU, 2 on a GPU]")
+              help="Feature processes (each decodes and computes the features of one file at a time; the "
+                   "network gets the cores they leave), or else decoding threads. [default: half the cores "
+                   "for processes, 2 threads]")
+@click.option("--feature-processes/--no-feature-processes", default=None,
+              help="Compute the features in --workers processes of their own beside the network [default: with "
+                   "fp32-onnx and int8, whose network is light enough to share the cores; fp32 computes them "
+                   "in the scan's process].")
 @click.option("--precision", type=click.Choice(list(PRECISIONS)), default="fp32", show_default=True,
               help="On CPU, with pip install 'fieldmon[int8]': fp32-onnx gives the same numbers about 2x "
                    "faster; int8 is faster still, with the model's quantised trunk. On a GPU: bf16 or fp16 "
@@ -325,7 +329,7 @@ def quantize(model, clips, windows, cache_dir) -> None:
 @click.option("--ray-actor-cpus", type=click.FloatRange(min=0.0, min_open=True), default=None, help="CPUs reserved per CPU model actor.")
 @click.option("--quiet", is_flag=True, help="Only the summary.")
 def scan(recordings, out, model, hop, channel, top_k, min_score, embeddings, tz, device, batch_size, workers,
-         precision, time_limit, engine, address, ray_cpus, ray_temp_dir, ray_object_store_gb, ray_actors,
+         feature_processes, precision, time_limit, engine, address, ray_cpus, ray_temp_dir, ray_object_store_gb, ray_actors,
          ray_actor_cpus, quiet) -> None:
     """Scan RECORDINGS (a folder, searched recursively, or one file) into per-window detections.
 
@@ -334,26 +338,25 @@ def scan(recordings, out, model, hop, channel, top_k, min_score, embeddings, tz,
     (finished files are kept); 1 the scan could not run; 2 bad usage.
     """
     from fieldmon.scan.feature_workers import FeatureWorkers, default_workers
+    from fieldmon.scan.options import RayOptions, RunOptions, uses_feature_processes
 
-    # A CPU scan's feature processes start first, so that they load their libraries while
-    # this process imports torch and loads the model. (With --device auto on a machine
-    # with a GPU they are closed again unused: telling needs torch.)
-    workers_started = (FeatureWorkers.start(workers or default_workers(on_cpu=True)) if engine == "local" and device != "cuda"
-                       and PRECISIONS[precision] != "cuda" else None)
+    ray = RayOptions(address, ray_cpus, ray_temp_dir, ray_object_store_gb, ray_actors, ray_actor_cpus)
+    if engine != "ray" and ray != RayOptions(object_store_gb=ray_object_store_gb):
+        raise click.UsageError("--address and the --ray-* options need --engine ray")
+    options = RunOptions(device, batch_size, workers, feature_processes, precision=precision,
+                         time_limit_s=time_limit, engine=engine, ray=ray)
+    # Feature processes start first, so that they load their libraries while this process
+    # imports torch and loads the model.
+    workers_started = FeatureWorkers.start(workers or default_workers(True)) if uses_feature_processes(options) else None
     try:
         from fieldmon.cli.scan import ScanDisplay
         from fieldmon.model.metadata import BundleError
         from fieldmon.outputs.store import StoreError
         from fieldmon.scan.feature_workers import FeatureWorkerError
-        from fieldmon.scan.pipeline import RayOptions, RunOptions, ScanSettings, scan as run_scan
+        from fieldmon.scan.pipeline import ScanSettings, scan as run_scan
 
         settings = ScanSettings(hop_seconds=hop, channel=channel, top_k=top_k, min_score=min_score,
                                 embeddings=embeddings, tz=tz)
-        ray = RayOptions(address, ray_cpus, ray_temp_dir, ray_object_store_gb, ray_actors, ray_actor_cpus)
-        if engine != "ray" and ray != RayOptions(object_store_gb=ray_object_store_gb):
-            raise click.UsageError("--address and the --ray-* options need --engine ray")
-        options = RunOptions(device, batch_size, workers, precision=precision, time_limit_s=time_limit,
-                             engine=engine, ray=ray)
         display = ScanDisplay(quiet)
         try:
             summary = run_scan(recordings, out, model, settings, options, display, workers_started)

@@ -15,10 +15,9 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
-import sys
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,6 +29,7 @@ from fieldmon.outputs.store import DetectionStore
 from fieldmon.scan.decoding import DecodedFile, decode_windows
 from fieldmon.scan.discovery import Recording
 from fieldmon.scan.feature_workers import FeatureWorkers, cores, default_workers
+from fieldmon.scan.options import RayOptions, RunOptions, uses_feature_processes
 from fieldmon.scan.stages import (
     EXIT_ERROR, EXIT_FILES_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ScanCollector, ScanProgress,
     ScanSettings, ScanSummary, WindowPredictions, past, plan_scan, scan_key, scan_metadata,
@@ -50,32 +50,6 @@ CPU_BATCH_SIZE, GPU_BATCH_SIZE = 16, 64
 
 __all__ = ["EXIT_ERROR", "EXIT_FILES_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "RayOptions", "RunOptions",
            "ScanProgress", "ScanSettings", "ScanSummary", "scan", "scan_key"]
-
-
-@dataclass
-class RayOptions:
-    """Where and how the Ray engine runs; see ``fieldmon.scan.ray_engine``."""
-
-    address: str | None = None  # None: start a private local instance
-    num_cpus: int | None = None  # of that local instance; None: all
-    temp_dir: str | None = None  # of that local instance; None: OUT/_fieldmon/ray when short enough
-    object_store_gb: float = 1.0  # of that local instance
-    actors: int | None = None  # model actors; None: one per GPU, or from the CPUs
-    actor_cpus: float | None = None  # CPUs reserved per CPU actor; None: chosen from the cluster
-
-
-@dataclass
-class RunOptions:
-    device: str = "auto"
-    batch_size: int | None = None  # None: default_batch_size(device)
-    workers: int | None = None  # feature processes (CPU) or decoding threads (GPU); None: default_workers
-    commit_every_files: int = 200
-    commit_every_seconds: float = 60.0
-    keep_freed_memory: bool = False
-    precision: str = "fp32"  # "int8", "fp32-onnx": the trunk on ONNX Runtime, CPU only (fieldmon.model.int8)
-    time_limit_s: float | None = None  # stop cleanly after this long; finished files are kept
-    engine: str = "local"  # or "ray"
-    ray: RayOptions = field(default_factory=RayOptions)
 
 
 def scan(
@@ -112,14 +86,14 @@ def _scan(root, out, model, settings: ScanSettings, options: RunOptions, progres
     if on_onnx and options.device == "cuda":
         raise ValueError(f"--precision {options.precision} runs on the CPU; use --device cpu "
                          "(on a GPU, use fp32, bf16 or fp16)")
-    # A scan that torch must place (a GPU precision, or --device auto where a GPU may be)
-    # imports it now, so that a refused device leaves no output behind. Otherwise what to
-    # scan is planned from model.json before torch is imported and the weights loaded,
-    # so that on a CPU the feature processes start on it at once.
-    surely_on_cpu = _surely_on_cpu(options)
-    device = _device(options) if PRECISIONS.get(options.precision) == "cuda" or not surely_on_cpu else None
+    # The precisions on ONNX Runtime run on the CPU: what to scan is planned from
+    # model.json, and torch imported only to load the weights after that, so that feature
+    # processes start on it at once. Other precisions let torch place the scan first, so
+    # that a refused device leaves no output behind.
+    processes = uses_feature_processes(options)
+    device = None if on_onnx else _device(options)
     if options.workers is None:
-        options = replace(options, workers=default_workers(surely_on_cpu or device.type == "cpu"))
+        options = replace(options, workers=default_workers(processes))
     model_id, features = (given.model_id, given.feature_settings) if given is not None else model_identity(
         model, options.precision)
     meta = scan_metadata(model_id, settings, root)
@@ -129,7 +103,7 @@ def _scan(root, out, model, settings: ScanSettings, options: RunOptions, progres
         plan = plan_scan(root, store, summary)
         task = {"features": features.to_dict(), "hop": round(settings.hop_seconds * features.sample_rate),
                 "channel": settings.channel, "tz": settings.tz}
-        if surely_on_cpu:
+        if processes:
             workers = workers or FeatureWorkers.start(options.workers)
             workers.hand_out(plan.todo, task)
             # The network gets the cores the workers leave; ONNX Runtime takes its thread
@@ -155,34 +129,11 @@ def _scan(root, out, model, settings: ScanSettings, options: RunOptions, progres
 
             if device.type == "cpu" and options.keep_freed_memory:
                 keep_freed_memory()
-            if device.type == "cpu" and not (workers and workers.handed_out):
-                workers = workers or FeatureWorkers.start(options.workers)
-                workers.hand_out(plan.todo, task)
-                threads.enter_context(_torch_threads(max(1, cores() - options.workers)))
-            # Handed out work is done by the workers whatever the device (features on the
-            # CPU are right on a GPU too); otherwise a GPU computes the features itself.
-            engine_workers = workers if workers and workers.handed_out else None
             _LocalEngine(WindowPredictor(bundle, device), settings, options, tz, collector, deadline,
-                         engine_workers).run(plan.todo)
+                         workers if processes else None).run(plan.todo)
         collector.commit()
     summary.wall_seconds = time.monotonic() - started
     return summary
-
-
-def _surely_on_cpu(options: RunOptions) -> bool:
-    """Whether a local scan runs on the CPU, told without importing torch: asked for, or
-    forced by the precision, or "auto" on a machine where torch cannot see a GPU
-    (macOS, or Linux without the device nodes of NVIDIA, AMD ROCm or WSL drivers)."""
-    if options.engine != "local":
-        return False
-    if options.device == "cpu" or PRECISIONS.get(options.precision) == "cpu":
-        return True
-    if options.device != "auto":
-        return False
-    if sys.platform == "darwin":
-        return True
-    return sys.platform.startswith("linux") and not any(
-        Path(node).exists() for node in ("/dev/nvidiactl", "/dev/kfd", "/dev/dxg"))
 
 
 @contextlib.contextmanager
