@@ -22,7 +22,7 @@ import torch
 
 from fieldmon.feature_extractor import FeatureExtractor
 import fieldmon.median
-from fieldmon.features import FeatureSettings, _stft_by_frame, repeat_to_length
+from fieldmon.features import FeatureSettings, stft_by_frame, repeat_to_length
 from fieldmon.hpss_kernels import magnitude_of
 from fieldmon.median import running_median
 
@@ -92,7 +92,7 @@ def _previous_median_side_by_side(windows: np.ndarray, settings: FeatureSettings
     both see the same load on a shared machine."""
     k = settings.hpss_kernel
     extractor = FeatureExtractor(settings, median="numba")
-    magnitude = magnitude_of(_stft_by_frame(windows, settings))  # [batch, frames, bins]
+    magnitude = magnitude_of(stft_by_frame(windows, settings))  # [batch, frames, bins]
 
     def previous(x: np.ndarray, k: int) -> np.ndarray:  # running_median's interface
         return _previous_median_last_axis(np.ascontiguousarray(x.transpose(0, 2, 1)), k).transpose(0, 2, 1)

@@ -25,6 +25,7 @@ tensors on any device (torch operations on a GPU).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
@@ -35,6 +36,10 @@ from fieldmon.settings import settings_fingerprint, settings_from_dict, settings
 
 AMIN = 1e-10  # librosa.power_to_db's floor
 CPU_CHUNK = 16
+# An STFT: windows [batch, samples] -> complex128 [batch, frames, bins] (any strides) of
+# the first n_frames centred Hann frames.
+Stft = Callable[[np.ndarray, "FeatureSettings"], np.ndarray]
+STFT_PART = 2
 
 
 @dataclass(frozen=True)
@@ -109,34 +114,37 @@ def repeat_to_length(samples: np.ndarray, length: int) -> np.ndarray:
     return np.tile(samples, -(-length // len(samples)))[:length]
 
 
-def hpss_mel(windows: np.ndarray, settings: FeatureSettings = FeatureSettings()) -> np.ndarray:
+def hpss_mel(windows: np.ndarray, settings: FeatureSettings = FeatureSettings(), stft: Stft | None = None) -> np.ndarray:
     """Features of a batch of windows ``[batch, window_samples]`` on the CPU, float32
-    ``[batch, 3, n_mels, n_frames]``."""
+    ``[batch, 3, n_mels, n_frames]``. ``stft``: another implementation of the STFT
+    (``FeatureExtractor`` passes torch's, which runs on torch's threads beside the
+    network); by default numpy's."""
     windows = _as_windows(windows, settings)
     # Each window's temporaries (float64 STFT, medians) take ~8 MB; chunks keep a large
     # batch from holding hundreds of MB at once and its working set in cache.
-    parts = [_hpss_mel_chunk(windows[i : i + CPU_CHUNK], settings) for i in range(0, len(windows), CPU_CHUNK)]
+    parts = [_hpss_mel_chunk(windows[i : i + CPU_CHUNK], settings, stft or stft_by_frame)
+             for i in range(0, len(windows), CPU_CHUNK)]
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
-def hpss_power_channels(windows: np.ndarray, settings: FeatureSettings) -> np.ndarray:
+def hpss_power_channels(windows: np.ndarray, settings: FeatureSettings, stft: Stft | None = None) -> np.ndarray:
     """Power spectrograms of the window and of its harmonic and percussive parts,
     float32 ``[batch, 3, bins, frames]`` (a view of a ``[batch, 3, frames, bins]`` array)."""
-    return _power_channels_by_frame(_as_windows(windows, settings), settings).transpose(0, 1, 3, 2)
+    return _power_channels_by_frame(_as_windows(windows, settings), settings, stft or stft_by_frame).transpose(0, 1, 3, 2)
 
 
-def _power_channels_by_frame(windows: np.ndarray, settings: FeatureSettings) -> np.ndarray:
+def _power_channels_by_frame(windows: np.ndarray, settings: FeatureSettings, stft: Stft) -> np.ndarray:
     from fieldmon.hpss_kernels import hpss_power
 
-    return hpss_power(*_hpss_parts(windows, settings), np.float32(settings.hpss_power))
+    return hpss_power(*_hpss_parts(windows, settings, stft), np.float32(settings.hpss_power))
 
 
-def _hpss_parts(windows: np.ndarray, settings: FeatureSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _hpss_parts(windows: np.ndarray, settings: FeatureSettings, stft: Stft) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Magnitude, harmonic and percussive medians, each ``[batch, frames, bins]``."""
     from fieldmon.hpss_kernels import magnitude_of
     from fieldmon.median import running_median
 
-    magnitude = magnitude_of(_stft_by_frame(windows, settings))
+    magnitude = magnitude_of(stft(windows, settings))
     # running_median filters along axis 1 (SIMD across axis 2): across time on the
     # magnitude as is, across frequency on its transpose.
     harmonic = running_median(magnitude, settings.hpss_kernel)
@@ -169,12 +177,10 @@ def _as_windows(windows: np.ndarray, settings: FeatureSettings) -> np.ndarray:
     return windows
 
 
-def _hpss_mel_chunk(windows: np.ndarray, settings: FeatureSettings) -> np.ndarray:
-    from fieldmon.hpss_kernels import hpss_mel_power
+def _hpss_mel_chunk(windows: np.ndarray, settings: FeatureSettings, stft: Stft) -> np.ndarray:
+    from fieldmon.hpss_kernels import mel_sums
 
-    basis, first, stop = _mel_bands(settings)
-    mel = hpss_mel_power(*_hpss_parts(windows, settings), np.float32(settings.hpss_power), basis, first, stop)
-    return unit_db(mel, settings.top_db)
+    return unit_db(mel_sums(_power_channels_by_frame(windows, settings, stft), *_mel_bands(settings)), settings.top_db)
 
 
 @lru_cache(maxsize=8)
@@ -192,7 +198,7 @@ def _hann(length: int) -> np.ndarray:
     return 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(length) / length)  # periodic, as librosa's
 
 
-def _stft_by_frame(windows: np.ndarray, settings: FeatureSettings) -> np.ndarray:
+def stft_by_frame(windows: np.ndarray, settings: FeatureSettings) -> np.ndarray:
     """Complex STFT ``[batch, frames, bins]`` of the first ``n_frames`` centred frames.
     In float64: in float32 its rounding noise is large relative to bins 60-80 dB below
     the peak, which then differ from the reference by >1e-3 dB. numpy's FFT releases the
@@ -200,10 +206,11 @@ def _stft_by_frame(windows: np.ndarray, settings: FeatureSettings) -> np.ndarray
     feature processes): on two threads 1.9x faster than on one."""
     from fieldmon.hpss_kernels import allowed_threads
 
-    threads = min(allowed_threads(), len(windows))
+    # Parts of a few windows: each one's float64 frames (1.4 MB a window) stay in cache.
+    parts = [windows[i : i + STFT_PART] for i in range(0, len(windows), STFT_PART)]
+    threads = min(allowed_threads(), len(parts))
     if threads <= 1:
-        return _stft_part(windows, settings)
-    parts = np.array_split(windows, threads)
+        return np.concatenate([_stft_part(part, settings) for part in parts])
     return np.concatenate(list(_fft_pool(threads).map(lambda part: _stft_part(part, settings), parts)))
 
 
