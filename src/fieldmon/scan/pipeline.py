@@ -1,10 +1,11 @@
 """``fieldmon.scan``: recordings in, per-window detections out.
 
-The local engine, on a CPU: feature processes (``feature_workers``) decode, resample
-and compute the features of one file at a time each, and send them in small batches
-over a pipe, so memory stays flat and the features overlap with the network. On a
-GPU: decoding threads (libsndfile and soxr release the GIL) push windows into a
-bounded queue and the features are computed on the GPU. Either way the main thread
+The local engine, with feature processes (``feature_workers``; by default for the
+precisions on ONNX Runtime): they decode, resample and compute the features of one file
+at a time each, and send them in small batches over a pipe, so memory stays flat and the
+features overlap with the network. Otherwise decoding threads (libsndfile and soxr
+release the GIL) push windows into a bounded queue and the features are computed in this
+process, on the GPU when the scan runs there. Either way the main thread
 gathers windows from many files into model batches, runs the network, and hands the
 results to the collector, which commits finished files in crash-safe parts.
 ``engine="ray"`` runs the same stages on a Ray cluster (``ray_engine``).
@@ -167,9 +168,9 @@ def default_batch_size(device) -> int:
 
 class _LocalEngine:
     """Gathers the windows of many files into model batches, runs them through the
-    network and hands the results to the collector. On a CPU the windows arrive as
-    features from feature processes (``feature_workers``); on a GPU as samples from
-    decoding threads, and the features are computed on the GPU."""
+    network and hands the results to the collector. With feature processes
+    (``feature_workers``) the windows arrive as features; otherwise as samples from
+    decoding threads, and the features are computed here, on the scan's device."""
 
     def __init__(self, predictor: WindowPredictor, settings: ScanSettings, options: RunOptions, tz,
                  collector: ScanCollector, deadline: float | None, workers: FeatureWorkers | None) -> None:
