@@ -16,17 +16,17 @@ power_to_db), which the tests use as the reference:
   at ``-top_db`` and mapped linearly to [0, 1].
 
 This module computes them on the CPU with numpy and numba (:func:`hpss_mel`): the STFT
-with numpy's FFT in float64, the median filters as an exact sliding-window median
-vectorised across columns (fieldmon.median), the magnitude, masks and squaring as fused
-loops. It does not import torch, so a scan's feature processes start in a fraction of a
-second. ``fieldmon.feature_extractor.FeatureExtractor`` gives the same features as torch
-tensors on any device (torch operations on a GPU).
+in float64 (numpy's FFT unless another is passed), the median filters as an exact
+sliding-window median vectorised across columns (fieldmon.median), the magnitude, masks,
+power channels and Mel sums as numba loops (fieldmon.hpss_kernels). It does not import
+torch, so a scan's feature processes start in a fraction of a second.
+``fieldmon.feature_extractor.FeatureExtractor`` gives the same features as torch tensors
+on any device: on the CPU this code with torch's STFT, on a GPU torch operations.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -199,19 +199,12 @@ def _hann(length: int) -> np.ndarray:
 
 
 def stft_by_frame(windows: np.ndarray, settings: FeatureSettings) -> np.ndarray:
-    """Complex STFT ``[batch, frames, bins]`` of the first ``n_frames`` centred frames.
-    In float64: in float32 its rounding noise is large relative to bins 60-80 dB below
-    the peak, which then differ from the reference by >1e-3 dB. numpy's FFT releases the
-    GIL, so the windows are split over as many threads as numba may use (one in a scan's
-    feature processes): on two threads 1.9x faster than on one."""
-    from fieldmon.hpss_kernels import allowed_threads
-
-    # Parts of a few windows: each one's float64 frames (1.4 MB a window) stay in cache.
-    parts = [windows[i : i + STFT_PART] for i in range(0, len(windows), STFT_PART)]
-    threads = min(allowed_threads(), len(parts))
-    if threads <= 1:
-        return np.concatenate([_stft_part(part, settings) for part in parts])
-    return np.concatenate(list(_fft_pool(threads).map(lambda part: _stft_part(part, settings), parts)))
+    """Complex STFT ``[batch, frames, bins]`` of the first ``n_frames`` centred frames, with
+    numpy's FFT. In float64: in float32 its rounding noise is large relative to bins 60-80 dB
+    below the peak, which then differ from the reference by >1e-3 dB. In parts of a few
+    windows, so that each part's float64 frames (1.4 MB a window) stay in cache."""
+    return np.concatenate([_stft_part(windows[i : i + STFT_PART], settings)
+                           for i in range(0, len(windows), STFT_PART)])
 
 
 def _stft_part(windows: np.ndarray, settings: FeatureSettings) -> np.ndarray:
@@ -223,11 +216,6 @@ def _stft_part(windows: np.ndarray, settings: FeatureSettings) -> np.ndarray:
     np.nan_to_num(x, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
     frames = np.lib.stride_tricks.sliding_window_view(x, n_fft, axis=1)[:, ::hop][:, : settings.n_frames]
     return np.fft.rfft(frames * _hann(n_fft), axis=-1)
-
-
-@lru_cache(maxsize=4)
-def _fft_pool(threads: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(threads, thread_name_prefix="fieldmon-fft")
 
 
 def slaney_mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float = 0.0,

@@ -11,11 +11,6 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-def allowed_threads() -> int:
-    """The threads numba may use here: the features' other steps use as many."""
-    return numba.get_num_threads()
-
-
 # Both loops are elementwise over [batch, rows, columns]; the features pass them arrays
 # with frames as rows and frequency bins as columns, contiguous as numpy's FFT writes them.
 
