@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -95,3 +98,20 @@ def write_wav(path: Path, seconds: float, sr: int = 44100, channels: int = 1, se
     with open(path, "wb") as fh:  # a file object, so that names that are not valid UTF-8 work too
         sf.write(fh, data, sr, subtype=subtype, format=path.suffix.lstrip(".").upper())
     return path
+
+
+def start_slow_scan(started: Path, *cli_args: str, **popen) -> subprocess.Popen:
+    """`fieldmon scan CLI_ARGS` in its own process, every batch of the network taking
+    30 s; returns once the first batch began (``started`` exists), so that only a stop
+    at once, or a kill, ends it within seconds."""
+    script = ("import sys, time, pathlib\nimport fieldmon.scan.predictor as p\n"
+              "predict, started = p.WindowPredictor._predict, pathlib.Path(sys.argv[1])\n"
+              "def slow(self, w):\n    started.touch()\n    time.sleep(30)\n    return predict(self, w)\n"
+              "p.WindowPredictor._predict = slow\nfrom fieldmon.cli import main\n"
+              "sys.argv = ['fieldmon'] + sys.argv[2:]\nmain()\n")
+    proc = subprocess.Popen([sys.executable, "-c", script, str(started), "scan", *cli_args], **popen)
+    deadline = time.monotonic() + 60
+    while not started.exists():
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.1)
+    return proc

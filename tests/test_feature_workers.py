@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_wav
+from conftest import start_slow_scan, write_wav
 
 from fieldmon import load_model
 from fieldmon.audio import load_audio
@@ -38,7 +38,7 @@ def messages_until(workers: FeatureWorkers, condition, timeout: float = 60.0) ->
 def test_features_from_the_workers_equal_the_feature_extractor(tmp_path):
     path = write_wav(tmp_path / "rec" / "a.wav", 9.0, sr=48000)  # resampled, and a partial last window
     recordings, _ = discover(tmp_path / "rec")
-    workers = FeatureWorkers.start(1)
+    workers = FeatureWorkers(1)
     try:
         workers.hand_out(recordings, TASK)
         seen = messages_until(workers, lambda seen: any(m[0] == "done" for m in seen))
@@ -59,7 +59,7 @@ def test_a_worker_that_dies_fails_its_file_and_a_new_worker_scans_the_rest(tmp_p
     write_wav(tmp_path / "rec" / "a.wav", 600.0)  # 300 windows: still being worked on at the first message
     write_wav(tmp_path / "rec" / "b.wav", 20.0)
     recordings, _ = discover(tmp_path / "rec")
-    workers = FeatureWorkers.start(1)
+    workers = FeatureWorkers(1)
     try:
         workers.hand_out(recordings, TASK)
         messages_until(workers, lambda seen: any(m[0] == "windows" for m in seen))
@@ -140,19 +140,9 @@ def test_a_script_without_a_main_guard_can_scan(tmp_path, tiny_model):
 def test_feature_processes_end_when_the_scan_is_killed(tmp_path, tiny_model):
     for i in range(3):
         write_wav(tmp_path / "rec" / f"f{i}.wav", 30.0, seed=i)
-    started = tmp_path / "started"
-    script = ("import sys, time, pathlib\nimport fieldmon.scan.predictor as p\n"
-              "predict, started = p.WindowPredictor._predict, pathlib.Path(sys.argv[1])\n"
-              "def slow(self, w):\n    started.touch()\n    time.sleep(30)\n    return predict(self, w)\n"
-              "p.WindowPredictor._predict = slow\nfrom fieldmon.cli import main\n"
-              "sys.argv = ['fieldmon'] + sys.argv[2:]\nmain()\n")
-    proc = subprocess.Popen([sys.executable, "-c", script, str(started), "scan", str(tmp_path / "rec"), "--out",
-                             str(tmp_path / "det.parquet"), "--model", str(tiny_model), "--device", "cpu",
-                             "--workers", "2", "--feature-processes", "--quiet"])
-    deadline = time.monotonic() + 60
-    while not started.exists():
-        assert time.monotonic() < deadline and proc.poll() is None
-        time.sleep(0.1)
+    proc = start_slow_scan(tmp_path / "started", str(tmp_path / "rec"), "--out", str(tmp_path / "det.parquet"),
+                           "--model", str(tiny_model), "--device", "cpu", "--workers", "2", "--feature-processes",
+                           "--quiet")
     workers = _children(proc.pid)
     assert len(workers) == 2
     os.kill(proc.pid, signal.SIGKILL)

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from conftest import RECORDER_SERIES, require_shared, write_wav
+from conftest import start_slow_scan, RECORDER_SERIES, require_shared, write_wav
 from fieldmon import load_model
 from fieldmon.cli import main
 from fieldmon.outputs.store import DetectionStore, ScanLocked, StoreError, files_table_path
@@ -123,20 +123,8 @@ def test_a_second_signal_stops_a_scan_at_once(tmp_path, tiny_model):
 
     for i in range(3):
         write_wav(tmp_path / "rec" / f"f{i}.wav", 4.0, seed=i)
-    started = tmp_path / "started"
-    # every batch takes 30 s, so only a stop at once ends this scan within seconds
-    script = ("import sys, time, pathlib\nimport fieldmon.scan.predictor as p\n"
-              "predict, started = p.WindowPredictor._predict, pathlib.Path(sys.argv[1])\n"
-              "def slow(self, w):\n    started.touch()\n    time.sleep(30)\n    return predict(self, w)\n"
-              "p.WindowPredictor._predict = slow\nfrom fieldmon.cli import main\n"
-              "sys.argv = ['fieldmon'] + sys.argv[2:]\nmain()\n")
-    proc = subprocess.Popen([sys.executable, "-c", script, str(started), "scan", str(tmp_path / "rec"), "--out",
-                             str(tmp_path / "det.parquet"), "--model", str(tiny_model), "--quiet"],
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while not started.exists():
-        assert time.monotonic() < deadline and proc.poll() is None
-        time.sleep(0.1)
+    proc = start_slow_scan(tmp_path / "started", str(tmp_path / "rec"), "--out", str(tmp_path / "det.parquet"),
+                           "--model", str(tiny_model), "--quiet", stderr=subprocess.PIPE, text=True)
     proc.send_signal(signal.SIGTERM)
     time.sleep(0.5)
     assert proc.poll() is None  # the first signal waits for the batch

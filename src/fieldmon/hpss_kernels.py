@@ -11,8 +11,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-# Both loops are elementwise over [batch, rows, columns]; the features pass them arrays
-# with frames as rows and frequency bins as columns, contiguous as numpy's FFT writes them.
+# magnitude_of and hpss_power are elementwise over [batch, rows, columns]; the features
+# pass them arrays with frames as rows and frequency bins as columns.
 
 
 @numba.njit(parallel=True, cache=True)
@@ -29,32 +29,13 @@ def magnitude_of(stft: np.ndarray) -> np.ndarray:
     return out
 
 
-@numba.njit(cache=True, inline="always")
-def _power_channels_at(m: np.float32, h: np.float32, p: np.float32, power: np.float32, tiny: np.float32):
-    """librosa.util.softmask(harm, perc) and softmask(perc, harm) with split_zeros=True
-    (margins of 1), sharing their common terms, then the three power channels. Written
-    without branches (both sides computed, one selected) so that the loops calling it
-    run in SIMD lanes; ``power == 2`` is the only case that does not call pow()."""
-    z = max(h, p)
-    silent = z < tiny
-    z = np.float32(1.0) if silent else z
-    h = h / z
-    p = p / z
-    if power == 2.0:  # pow() would widen to float64, and does not vectorise
-        h = h * h
-        p = p * p
-    else:
-        h = h**power
-        p = p**power
-    total = h + p
-    mask_harm = np.float32(0.5) if silent else h / total
-    mask_perc = np.float32(0.5) if silent else p / total
-    return m * m, (m * mask_harm) * (m * mask_harm), (m * mask_perc) * (m * mask_perc)
-
-
 @numba.njit(parallel=True, cache=True)
 def hpss_power(magnitude: np.ndarray, harm: np.ndarray, perc: np.ndarray, power: np.float32) -> np.ndarray:
-    """The three power channels ``[batch, 3, rows, columns]``."""
+    """librosa.util.softmask(harm, perc) and softmask(perc, harm) with split_zeros=True
+    (margins of 1), sharing their common terms, then the three power channels
+    ``[batch, 3, rows, columns]``. Without branches (both sides computed, one selected),
+    so that the inner loop runs in SIMD lanes; ``power == 2`` does not call pow(), which
+    would widen to float64 and not vectorise."""
     n_batch, n_rows, n_cols = magnitude.shape
     out = np.empty((n_batch, 3, n_rows, n_cols), dtype=np.float32)
     tiny = np.finfo(np.float32).tiny
@@ -62,8 +43,26 @@ def hpss_power(magnitude: np.ndarray, harm: np.ndarray, perc: np.ndarray, power:
         b = row // n_rows
         r = row % n_rows
         for c in range(n_cols):
-            out[b, 0, r, c], out[b, 1, r, c], out[b, 2, r, c] = _power_channels_at(
-                magnitude[b, r, c], harm[b, r, c], perc[b, r, c], power, tiny)
+            m = magnitude[b, r, c]
+            h = harm[b, r, c]
+            p = perc[b, r, c]
+            z = max(h, p)
+            silent = z < tiny
+            z = np.float32(1.0) if silent else z
+            h = h / z
+            p = p / z
+            if power == 2.0:
+                h = h * h
+                p = p * p
+            else:
+                h = h**power
+                p = p**power
+            total = h + p
+            mask_harm = np.float32(0.5) if silent else h / total
+            mask_perc = np.float32(0.5) if silent else p / total
+            out[b, 0, r, c] = m * m
+            out[b, 1, r, c] = (m * mask_harm) * (m * mask_harm)
+            out[b, 2, r, c] = (m * mask_perc) * (m * mask_perc)
     return out
 
 

@@ -347,7 +347,7 @@ def scan(recordings, out, model, hop, channel, top_k, min_score, embeddings, tz,
                          time_limit_s=time_limit, engine=engine, ray=ray)
     # Feature processes start first, so that they load their libraries while this process
     # imports torch and loads the model.
-    workers_started = FeatureWorkers.start(workers or default_workers(True)) if uses_feature_processes(options) else None
+    workers_started = FeatureWorkers(workers or default_workers(True)) if uses_feature_processes(options) else None
     try:
         from fieldmon.cli.scan import ScanDisplay
         from fieldmon.model.metadata import BundleError

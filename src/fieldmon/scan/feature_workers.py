@@ -80,7 +80,7 @@ class _Worker:
 
 
 class FeatureWorkers:
-    """A pool of up to ``count`` feature processes. :meth:`start` it as early as possible
+    """A pool of up to ``count`` feature processes. Create it as early as possible
     (one worker starts at once, the others when there is more than one recording) and
     :meth:`hand_out` the recordings as soon as they are known; then read :meth:`messages`
     until the pool is no longer :attr:`alive`."""
@@ -97,10 +97,6 @@ class FeatureWorkers:
         self.task: dict = {}
         self.handed_out = False
         self._spawn()  # the others when there is more than one recording to scan
-
-    @classmethod
-    def start(cls, count: int) -> FeatureWorkers:
-        return cls(count)
 
     def hand_out(self, recordings: list[Recording], task: dict) -> None:
         """What to scan: ``task`` holds the settings of every recording (features, hop,

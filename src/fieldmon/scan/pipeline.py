@@ -63,8 +63,9 @@ def scan(
     feature_workers: FeatureWorkers | None = None,
 ) -> ScanSummary:
     """Scan ``root`` into ``out``. ``feature_workers``: feature processes started
-    earlier (``FeatureWorkers.start``) for a CPU scan to use; a scan that does not
-    need them (GPU, Ray) closes them, and a CPU scan without them starts its own."""
+    earlier (``FeatureWorkers(n)``) for the scan to use; a scan that does not use them
+    (``options.uses_feature_processes``) closes them, and one that does without them
+    starts its own."""
     try:
         return _scan(root, out, model, settings, options, progress or ScanProgress(), feature_workers)
     finally:
@@ -105,7 +106,7 @@ def _scan(root, out, model, settings: ScanSettings, options: RunOptions, progres
         task = {"features": features.to_dict(), "hop": round(settings.hop_seconds * features.sample_rate),
                 "channel": settings.channel, "tz": settings.tz}
         if processes:
-            workers = workers or FeatureWorkers.start(options.workers)
+            workers = workers or FeatureWorkers(options.workers)
             workers.hand_out(plan.todo, task)
             # The network gets the cores the workers leave; ONNX Runtime takes its thread
             # count from torch's when the model is loaded.
