@@ -41,6 +41,7 @@ SWEEP = {
         ("--steps", "0"), ("--epochs", "-1"), ("--lr", "-1"), ("--hop", "0"), ("--windows-per-class", "1"),
         ("--batch-size", "0"), ("--dropout", "1"), ("--margin-start", "-0.1"), ("--margin-max", "9"),
         ("--eval-every", "0"), ("--checkpoint-every", "0"), ("--open-set-threshold", "1.5"),
+        ("--open-set-threshold", "often"), ("--open-set-threshold", "nan"),
         ("--weight-decay", "-1"), ("--time-budget", "soon"), ("--network", "resnet"), ("--optimizer", "lbfgs"),
         ("--augment", "reverse"), ("--device", "tpu"), ("--seed", "-1"), ("--warmup-steps", "-5"),
     ]),
@@ -96,7 +97,8 @@ def test_info_summarises_the_default_model_and_json_prints_model_json():
     assert "PRELIMINARY" in status  # its model card says so, and it scores below the target
     assert f"species:    {len(meta['class_names'])}: {meta['class_names'][0]}" in out
     assert f"{meta['metrics']['validation']['file_macro_f1']:.3f}" in out
-    assert "shallow baseline" in out and "threshold 0.01" in out and "GFLOP" in out
+    assert "shallow baseline" in out and f"threshold {meta['open_set']['threshold']:.3g}" in out and "GFLOP" in out
+    assert "calibrated: rejects 9% of the validation windows" in " ".join(out.split())
     assert "{" not in out  # no settings dump
     for secret in (meta["provenance"]["command"], meta["provenance"]["clips_source"], "/work/"):
         assert secret not in out

@@ -20,7 +20,10 @@ from fieldmon.scan.pipeline import scan
 def test_default_model_loads_with_its_32_insects_and_int8_version():
     model = load_model("default")
     assert len(model.class_names) == 32 and "Grylluscampestris" in model.class_names
-    assert model.open_set is not None and model.open_set.threshold == 0.01
+    calibration = model.metrics["open_set_calibration"]
+    assert model.open_set is not None and model.open_set.threshold == calibration["threshold"] > 0.01
+    drop = calibration["validation_macro_f1_without_rejection"] - calibration["validation_macro_f1_with_rejection"]
+    assert 0.0 <= drop <= 0.03
     assert model.metrics["validation"]["file_macro_f1"] > 0
     pytest.importorskip("onnxruntime", reason="int8 needs the int8 extra")
     assert load_model("default", "int8").model_id == model.model_id + "+int8"
@@ -51,7 +54,7 @@ def test_model_card_figures_are_reproduced_on_the_validation_split(tmp_path, ins
     result = evaluate("default", manifest, split="validation", cache_dir=tmp_path / "cache")
     recorded = model.metrics["validation"]
     assert result["windows"] == recorded["windows"] and result["files"] == recorded["files"]
-    for key in ("macro_f1", "file_macro_f1", "accuracy"):
+    for key in ("macro_f1", "file_macro_f1", "accuracy", "macro_f1_with_rejection", "known_rejected"):
         assert result[key] == pytest.approx(recorded[key], abs=0.01), key
 
 

@@ -76,3 +76,30 @@ def test_threshold_rises_to_reject_reviewed_outliers_within_the_allowed_f1_drop(
     typical = val[::8]
     threshold, info = threshold_for_rejects(open_set, nearest_mean, val, labels, typical, names)
     assert info["validation_macro_f1_drop"] <= 0.03 and info["rejected"] < 0.5
+
+
+def test_calibrated_threshold_spends_at_most_the_allowed_f1_on_rejection():
+    from fieldmon.train.classifier import MAX_CALIBRATED_THRESHOLD, calibrated_threshold
+
+    g = torch.Generator().manual_seed(1)
+    means = torch.eye(3)
+    labels = torch.arange(3).repeat_interleave(60)
+    val = means[labels] + 0.3 * torch.randn(len(labels), 3, generator=g)
+    open_set = fit_open_set(val, labels, val, labels, 3, threshold=0.0)
+
+    def nearest_mean(embeddings):
+        return -torch.cdist(embeddings, means)
+
+    names = ["a", "b", "c"]
+    threshold, info = calibrated_threshold(open_set, nearest_mean, val, labels, names)
+    assert 0.0 < threshold <= MAX_CALIBRATED_THRESHOLD
+    drop = info["validation_macro_f1_without_rejection"] - info["validation_macro_f1_with_rejection"]
+    assert 0.0 <= drop <= 0.03
+    assert 0.0 < info["validation_windows_rejected"] < 0.2
+    # a larger allowance buys a higher threshold, never above the cap
+    looser, _ = calibrated_threshold(open_set, nearest_mean, val, labels, names, max_drop=0.2)
+    assert threshold < looser <= MAX_CALIBRATED_THRESHOLD
+    # no allowance: nothing that costs F1 is rejected
+    strict, info = calibrated_threshold(open_set, nearest_mean, val, labels, names, max_drop=0.0)
+    assert strict <= threshold
+    assert info["validation_macro_f1_with_rejection"] >= info["validation_macro_f1_without_rejection"]

@@ -24,7 +24,7 @@ from fieldmon.model.openset import fit_open_set
 from fieldmon.provenance import provenance
 from fieldmon.train.baseline import baseline_scores
 from fieldmon.train.cache import EVALUATION_HOP_SECONDS, FeatureCache, WindowSet, build_window_set
-from fieldmon.train.classifier import threshold_for_rejects, train_mlp
+from fieldmon.train.classifier import calibrated_threshold, threshold_for_rejects, train_mlp
 from fieldmon.train.dataset import ClipSet, DatasetError, assign_splits, load_clips
 from fieldmon.train.loop import StepReport, TrainingData, TrainingLoop, as_inputs, read_checkpoint_meta
 from fieldmon.train.settings import TrainSettings
@@ -167,7 +167,15 @@ def train(
         classifier, mlp_info = train_mlp(emb["train"], data.labels, emb["validation"], data.val_labels,
                                          len(class_names), settings)
         open_set = fit_open_set(emb["train"], data.labels, emb["validation"], data.val_labels,
-                                len(class_names), settings.open_set_threshold)
+                                len(class_names), settings.open_set_threshold or 0.0)
+        if settings.open_set_threshold is None:
+            threshold, mlp_info["open_set_calibration"] = calibrated_threshold(
+                open_set, classifier, emb["validation"], data.val_labels, class_names)
+            open_set = replace(open_set, threshold=threshold)
+            calibration = mlp_info["open_set_calibration"]
+            cb.message(f"open-set threshold {threshold:.3g}: rejects {calibration['validation_windows_rejected']:.0%} "
+                       f"of the validation windows; their macro-F1 {calibration['validation_macro_f1_without_rejection']:.3f}"
+                       f" -> {calibration['validation_macro_f1_with_rejection']:.3f} with rejection")
         reject_emb = _embeddings_of(network, review.rejects, held_out_cache, torch_device) if review else None
         if reject_emb is not None:
             threshold, calibration = threshold_for_rejects(open_set, classifier, emb["validation"], data.val_labels,

@@ -15,6 +15,9 @@ response, and what else is heard; the augmentations imitate those:
   lower signal-to-noise ratio, as from a more distant animal.
 - ``tilt``: a random spectral slope of up to +-10 % of the dB range across the Mel
   axis, re-referenced to the peak (another microphone or distance).
+- ``stretch``: time stretched or compressed by up to 15 % (log-uniform), read
+  circularly like ``roll``: insects and frogs sing faster when warmer, so the pulse
+  and chirp rates of one species vary between recordings. Not in the default set.
 
 Each draw comes from a generator seeded by the step, so a resumed run augments
 exactly as an uninterrupted one.
@@ -22,9 +25,14 @@ exactly as an uninterrupted one.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-AUGMENTATIONS = ("roll", "specaugment", "noise-floor", "tilt")
+# New augmentations go at the end: the order is the order of the random draws, so an
+# older run with the same names augments (and resumes) exactly as before.
+AUGMENTATIONS = ("roll", "specaugment", "noise-floor", "tilt", "stretch")
+DEFAULT_AUGMENTATIONS = ("roll", "specaugment", "noise-floor", "tilt")
 
 
 def augment(windows: torch.Tensor, names: tuple[str, ...], generator: torch.Generator) -> torch.Tensor:
@@ -75,4 +83,19 @@ def _tilt(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return (x - x.amax(dim=(2, 3), keepdim=True) + 1.0).clamp(min=0.0)
 
 
-_FUNCTIONS = {"roll": _roll, "specaugment": _specaugment, "noise-floor": _noise_floor, "tilt": _tilt}
+def _stretch(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    b, c, m, t = x.shape
+    factor = torch.exp((torch.rand(b, generator=g) * 2.0 - 1.0) * math.log(1.15))
+    position = (torch.arange(t)[None, :] * factor[:, None]) % t
+    before = position.floor().long()
+    after = (before + 1) % t
+    weight = (position - before).to(x.dtype).view(b, 1, 1, t).to(x.device)
+
+    def frames(index: torch.Tensor) -> torch.Tensor:
+        return torch.gather(x, 3, index[:, None, None, :].expand(b, c, m, t).to(x.device))
+
+    return frames(before) * (1.0 - weight) + frames(after) * weight
+
+
+_FUNCTIONS = {"roll": _roll, "specaugment": _specaugment, "noise-floor": _noise_floor, "tilt": _tilt,
+              "stretch": _stretch}

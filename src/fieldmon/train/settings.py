@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 
 from fieldmon.model.networks import NETWORKS
 from fieldmon.settings import settings_from_dict, settings_to_dict
-from fieldmon.train.augment import AUGMENTATIONS
+from fieldmon.train.augment import AUGMENTATIONS, DEFAULT_AUGMENTATIONS
 
 LOSSES = ("triplet", "crossentropy")
 TRIPLET_UPDATES = ("minibatch", "paper")
@@ -67,7 +67,7 @@ class TrainSettings:
     checkpoint_every: int = 10
     seed: int = 0
     hop_seconds: float = 0.5
-    augment: tuple[str, ...] = AUGMENTATIONS
+    augment: tuple[str, ...] = DEFAULT_AUGMENTATIONS
     # Decay of an exponential moving average of the weights that is validated and kept
     # (e.g. 0.995); None trains and keeps the weights themselves.
     average: float | None = None
@@ -80,13 +80,16 @@ class TrainSettings:
     mlp_weight_decay: float = 1e-3
     mlp_max_epochs: int = 2000
     mlp_patience: int = 100
-    open_set_threshold: float = 0.01
+    # None: calibrated on the validation split (fieldmon.train.classifier.calibrated_threshold).
+    open_set_threshold: float | None = None
     # With a base model: train only the dense head, on the base trunk's outputs (fast).
     freeze_trunk: bool = False
     # Fit and report the shallow baseline (fieldmon.train.baseline) on the same split.
     baseline: bool = True
 
     def __post_init__(self) -> None:
+        if self.open_set_threshold is not None and not 0.0 <= self.open_set_threshold <= 1.0:
+            raise ValueError(f"open_set_threshold must be from 0 to 1 (or None: calibrated), not {self.open_set_threshold}")
         if self.network not in NETWORKS:
             raise ValueError(f"network must be one of {', '.join(NETWORKS)}, not {self.network!r}")
         if self.optimizer not in OPTIMIZERS:

@@ -1,0 +1,50 @@
+"""Feature augmentations of training windows (fieldmon.train.augment)."""
+
+import pytest
+import torch
+
+from fieldmon.train.augment import AUGMENTATIONS, augment
+
+
+def _pulses(period: int, batch: int = 4) -> torch.Tensor:
+    """Windows [batch, 3, 40, 200] holding a pulse train, one pulse every ``period`` frames."""
+    x = torch.zeros(batch, 3, 40, 200)
+    x[..., 10:20, ::period] = 1.0
+    return x
+
+
+def _pulse_rate(x: torch.Tensor) -> torch.Tensor:
+    """Frames carrying a pulse, per window."""
+    return (x[:, 0, 15, :] > 0.5).sum(dim=1)
+
+
+@pytest.mark.parametrize("name", AUGMENTATIONS)
+def test_each_augmentation_keeps_shape_range_and_is_seeded(name):
+    x = torch.rand(6, 3, 40, 200)
+    first = augment(x, (name,), torch.Generator().manual_seed(3))
+    again = augment(x, (name,), torch.Generator().manual_seed(3))
+    other = augment(x, (name,), torch.Generator().manual_seed(4))
+    assert first.shape == x.shape
+    assert float(first.min()) >= 0.0 and float(first.max()) <= 1.0 + 1e-6
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+    assert not torch.equal(first, x)
+
+
+def test_stretch_changes_the_pulse_rate_by_at_most_15_percent():
+    x = _pulses(period=10, batch=64)  # 20 pulses in each window
+    stretched = augment(x, ("stretch",), torch.Generator().manual_seed(0))
+    # Linear interpolation can split one pulse over two frames; count peaks instead.
+    peaks = (stretched[:, 0, 15, :] > stretched[:, 0, 15, :].roll(1, dims=1)) & (stretched[:, 0, 15, :] >=
+                                                                                   stretched[:, 0, 15, :].roll(-1, dims=1))
+    counts = (peaks & (stretched[:, 0, 15, :] > 0.2)).sum(dim=1)
+    assert int(counts.min()) >= 17 and int(counts.max()) <= 23  # 20 / 1.15 .. 20 * 1.15, plus a wrapped pulse
+    assert len(set(counts.tolist())) > 1, "every window stretched by the same factor"
+    assert _pulse_rate(x).unique().tolist() == [20]
+    # Mel bands are left where they are.
+    assert float(stretched[..., :10, :].abs().max()) == 0.0 and float(stretched[..., 20:, :].abs().max()) == 0.0
+
+
+def test_unknown_augmentation_is_refused():
+    with pytest.raises(ValueError, match="unknown augmentation 'reverse'"):
+        augment(torch.zeros(1, 3, 40, 200), ("reverse",), torch.Generator())
