@@ -2,7 +2,7 @@
 
     python benchmarks/few_shot.py OUT [--data ../shared/data/insectset32] [--species 8] [--clips 5]
                                       [--sets 3] [--budget 20m] [--base-budget 60m | --base MODEL]
-                                      [--trunk-lr-scale 1.0]
+                                      [--trunk-lr-scale 1.0] [--head-warmup 0] [--only-set N]
 
 1. Holds out ``--species`` species that have at least ``--clips`` + 3 clips (seeded choice).
 2. Trains a base model on the other species (their dataset split), unless ``--base`` names one;
@@ -48,6 +48,8 @@ def main() -> None:
     parser.add_argument("--base-budget", default="60m", help="time budget of the base model")
     parser.add_argument("--base", default=None, help="a base model that has not heard the held-out species")
     parser.add_argument("--trunk-lr-scale", type=float, default=1.0, help="as fieldmon train --trunk-lr-scale")
+    parser.add_argument("--head-warmup", type=int, default=0, help="as fieldmon train --head-warmup")
+    parser.add_argument("--only-set", type=int, default=None, help="run only this set (to run sets side by side)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", type=Path, default=None)
     args = parser.parse_args()
@@ -73,6 +75,8 @@ def main() -> None:
 
     results = {"held_out": held_out, "base": str(base), "sets": []}
     for index in range(args.sets):
+        if args.only_set is not None and index != args.only_set:
+            continue
         draw = np.random.default_rng([args.seed, index])
         train_rows, eval_rows = [], []
         for species in held_out:
@@ -84,7 +88,7 @@ def main() -> None:
         eval_manifest = write_manifest(args.out / f"set{index}-eval.csv", args.data, eval_rows, split=False)
         site = args.out / f"set{index}"
         settings = TrainSettings(time_budget_seconds=duration.convert(args.budget, None, None), seed=index,
-                                 trunk_lr_scale=args.trunk_lr_scale)
+                                 trunk_lr_scale=args.trunk_lr_scale, head_warmup_steps=args.head_warmup)
         bundle = train(site_manifest, site, settings, base=base, cache_dir=args.cache,
                        callbacks=TrainCallbacks(message=print_flush))
         deep = evaluate(site, eval_manifest, cache_dir=args.cache)

@@ -317,3 +317,46 @@ def test_weight_average_is_what_is_validated_kept_and_resumed(tmp_path):
     best_step = straight.state.best_step
     straight.restore_best()
     assert straight.evaluated is straight.module and best_step in [h["step"] for h in straight.state.history]
+
+
+def test_head_warmup_trains_the_head_alone_and_the_cli_offers_it(tmp_path):
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from fieldmon.model.networks import build_network
+    from fieldmon.train.api import _warm_up_head
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 6)
+    split = SimpleNamespace(features=(rng.random((18, 3, 40, 200)) + labels[:, None, None, None] * 0.3)
+                            .astype(np.float32), labels=labels, clip_index=np.arange(18))
+    torch.manual_seed(0)
+    network = build_network("compact", TINY_COMPACT)
+    before = {k: v.clone() for k, v in network.state_dict().items()}
+    messages = []
+    seconds = _warm_up_head(network, TrainSettings(steps=1, windows_per_class=3, head_warmup_steps=30),
+                            {"train": split, "validation": split}, 3, torch.device("cpu"),
+                            TrainCallbacks(message=messages.append))
+    after = network.state_dict()
+    assert seconds > 0 and messages[0].startswith("head warm-up: 30 steps of the dense head")
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("trunk."))  # frozen
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("head."))  # trained
+
+    manifest = small_manifest(tmp_path)
+    cache = str(tmp_path / "cache")
+    train(manifest, tmp_path / "base", TrainSettings(steps=2, windows_per_class=3, eval_every=2),
+          cache_dir=cache, callbacks=QUIET, network_settings=TINY_COMPACT)
+    runner = CliRunner()
+    args = ["train", str(manifest), "--out", str(tmp_path / "site"), "--base", str(tmp_path / "base"),
+            "--steps", "3", "--windows-per-class", "3", "--eval-every", "3", "--cache", cache, "--no-baseline"]
+    result = runner.invoke(main, [*args, "--head-warmup", "20"])
+    assert result.exit_code == 0, result.output
+    assert "head warm-up: 20 steps of the dense head" in result.output
+    site = load_model(tmp_path / "site")
+    assert site.training["settings"]["head_warmup_steps"] == 20 and site.training["trained"] == "whole network"
+    # only with --base, and not with --freeze-trunk
+    refused = runner.invoke(main, [*args[:2], "--out", str(tmp_path / "other"), "--steps", "1", "--head-warmup", "5"])
+    assert refused.exit_code == 2 and "--head-warmup needs --base" in refused.output
+    refused = runner.invoke(main, [*args, "--head-warmup", "5", "--freeze-trunk"])
+    assert refused.exit_code == 2 and "--head-warmup needs --base" in refused.output

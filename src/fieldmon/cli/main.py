@@ -109,6 +109,9 @@ class Duration(click.ParamType):
 @click.option("--freeze-trunk", is_flag=True,
               help="With --base: train only the dense embedding head, on the base trunk's outputs (fastest; "
                    "default budget 2000 steps).")
+@click.option("--head-warmup", "head_warmup_steps", type=click.IntRange(min=0), default=None,
+              help="With --base: first train the dense head alone on the base trunk's outputs for this many "
+                   "steps (seconds on a CPU), then the whole network.  [default: 0]")
 @click.option("--steps", type=POSITIVE, default=None, help="Budget in optimisation steps.")
 @click.option("--epochs", type=POSITIVE, default=None, help="Budget in passes over the training windows.")
 @click.option("--time-budget", type=Duration(), default=None,
@@ -194,6 +197,9 @@ def train(clips, out, base, steps, epochs, time_budget, device, seed, resume, ca
         raise click.UsageError("--network does not apply with --base: the base model's network is trained")
     if options["freeze_trunk"] and base is None:
         raise click.UsageError("--freeze-trunk needs --base: the trunk to freeze is the base model's")
+    if options["head_warmup_steps"] and (base is None or options["freeze_trunk"]):
+        raise click.UsageError("--head-warmup needs --base without --freeze-trunk: it warms up the base's head "
+                               "before the whole network trains")
     if steps is None and epochs is None and time_budget is None and not resume:
         if base is None:
             raise click.UsageError("give a budget: --steps N, --epochs N or --time-budget 20m")

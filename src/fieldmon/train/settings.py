@@ -84,6 +84,11 @@ class TrainSettings:
     open_set_threshold: float | None = None
     # With a base model: train only the dense head, on the base trunk's outputs (fast).
     freeze_trunk: bool = False
+    # With a base model, before the whole network: this many steps of the dense head alone
+    # on the base trunk's outputs, the best kept by validation (a short frozen-trunk
+    # warm-up, "linear probing then fine-tuning"), so that the trunk's first updates come
+    # from a head already fitted to the new species. 0: none.
+    head_warmup_steps: int = 0
     # Fit and report the shallow baseline (fieldmon.train.baseline) on the same split.
     baseline: bool = True
 
@@ -115,6 +120,10 @@ class TrainSettings:
             raise ValueError(f"trunk_lr_scale must be in (0, 1], not {self.trunk_lr_scale}")
         if self.average is not None and not 0.0 < self.average < 1.0:
             raise ValueError(f"average (the decay of the weight average) must be in (0, 1), not {self.average}")
+        if self.head_warmup_steps < 0:
+            raise ValueError(f"head_warmup_steps must be 0 or more, not {self.head_warmup_steps}")
+        if self.head_warmup_steps and self.freeze_trunk:
+            raise ValueError("a head warm-up precedes training the whole network; with freeze_trunk only the head trains")
         if self.windows_per_class < 2:
             raise ValueError("windows_per_class must be at least 2 so that every species has a positive pair")
 
