@@ -20,7 +20,7 @@ import torch
 from fieldmon.evaluation.evaluate import evaluate_windows
 from fieldmon.fileio import atomic_write
 from fieldmon.model.loading import load_model
-from fieldmon.train.api import _summary
+from fieldmon.train.api import metrics_summary
 from fieldmon.train.cache import EVALUATION_HOP_SECONDS, FeatureCache, build_window_set
 from fieldmon.train.classifier import calibrated_threshold
 from fieldmon.train.dataset import load_clips
@@ -41,7 +41,7 @@ def main(model: str, manifest: str) -> None:
     meta = json.loads((directory / "model.json").read_text())
     meta["open_set"]["threshold"] = threshold
     meta["metrics"]["open_set_calibration"] = {**calibration, "by": "models/calibrate_open_set.py, after training"}
-    meta["metrics"]["validation"] = _summary(evaluate_windows(bundle, val.features, val.labels, val.clip_index))
+    meta["metrics"]["validation"] = metrics_summary(evaluate_windows(bundle, val.features, val.labels, val.clip_index))
     atomic_write(directory / "model.json", (json.dumps(meta, indent=2) + "\n").encode())
     print(json.dumps(calibration, indent=2))
 

@@ -199,7 +199,7 @@ def train(
                              "best_value": state.best_metric, "history": state.history}, **mlp_info}
     for name, split in (("validation", val_set), ("test", test_set)):
         if len(split.labels):
-            metrics[name] = _summary(evaluate_windows(bundle, split.features, split.labels, split.clip_index))
+            metrics[name] = metrics_summary(evaluate_windows(bundle, split.features, split.labels, split.clip_index))
     if baseline:
         metrics["baseline"] = {"method": "log-Mel and MFCC statistics per window, logistic regression", **baseline}
     bundle.metrics = metrics
@@ -346,7 +346,8 @@ def _trunk_outputs(trunk: torch.nn.Module, features: np.ndarray, device: torch.d
     return torch.cat(parts) if parts else torch.zeros(0, dim)
 
 
-def _summary(result: dict) -> dict:
+def metrics_summary(result: dict) -> dict:
+    """The headline figures of an evaluation, as model.json keeps them."""
     keys = ("windows", "files", "macro_f1", "file_macro_f1", "file_macro_f1_interval", "accuracy",
             "macro_f1_with_rejection", "known_rejected")
     return {k: result[k] for k in keys if k in result}
