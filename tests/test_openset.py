@@ -51,55 +51,54 @@ def test_class_without_training_embeddings_is_an_error():
         fit_open_set(emb, torch.tensor([0, 0, 1, 1]), emb, torch.tensor([0, 0, 1, 1]), 3, 0.01)
 
 
+def _three_classes(per_class: int, spread: float, seed: int, threshold: float):
+    """Validation embeddings of three classes around the unit axes, and their open set."""
+    g = torch.Generator().manual_seed(seed)
+    means = torch.eye(3)
+    labels = torch.arange(3).repeat_interleave(per_class)
+    val = means[labels] + spread * torch.randn(len(labels), 3, generator=g)
+    return means, labels, val, fit_open_set(val, labels, val, labels, 3, threshold=threshold)
+
+
+def nearest_mean(embeddings: torch.Tensor) -> torch.Tensor:
+    """A classifier's logits: minus the distance to each unit axis."""
+    return -torch.cdist(embeddings, torch.eye(3))
+
+
+NAMES = ["a", "b", "c"]
+
+
 def test_threshold_rises_to_reject_reviewed_outliers_within_the_allowed_f1_drop():
     from fieldmon.train.classifier import threshold_for_rejects
 
-    g = torch.Generator().manual_seed(0)
-    means = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
-    labels = torch.arange(3).repeat_interleave(40)
-    val = means[labels] + 0.05 * torch.randn(len(labels), 3, generator=g)
-    open_set = fit_open_set(val, labels, val, labels, 3, threshold=0.01)
-
-    def nearest_mean(embeddings):
-        return -torch.cdist(embeddings, means)
-
-    names = ["a", "b", "c"]
+    means, labels, val, open_set = _three_classes(per_class=40, spread=0.05, seed=0, threshold=0.01)
     # just beyond what the starting threshold rejects: upper-tail probability 0.015 > 0.01
     classes = torch.arange(3).repeat(5)
     distance = open_set.distance_mean[classes] + 2.17 * open_set.distance_std[classes]
     away = torch.roll(means, 1, dims=1)[classes]  # a direction orthogonal to the class mean
     far = open_set.class_means[classes] + distance[:, None] * away
-    threshold, info = threshold_for_rejects(open_set, nearest_mean, val, labels, far, names)
+    threshold, info = threshold_for_rejects(open_set, nearest_mean, val, labels, far, NAMES)
     assert threshold > 0.01 and info["rejected"] == 1.0 and info["rejected_at_start"] < 1.0
     assert 0.0 <= info["validation_macro_f1_drop"] <= 0.03
     # sounds that lie among the known windows cannot be rejected without losing them too
     typical = val[::8]
-    threshold, info = threshold_for_rejects(open_set, nearest_mean, val, labels, typical, names)
+    threshold, info = threshold_for_rejects(open_set, nearest_mean, val, labels, typical, NAMES)
     assert info["validation_macro_f1_drop"] <= 0.03 and info["rejected"] < 0.5
 
 
 def test_calibrated_threshold_spends_at_most_the_allowed_f1_on_rejection():
     from fieldmon.train.classifier import MAX_CALIBRATED_THRESHOLD, calibrated_threshold
 
-    g = torch.Generator().manual_seed(1)
-    means = torch.eye(3)
-    labels = torch.arange(3).repeat_interleave(60)
-    val = means[labels] + 0.3 * torch.randn(len(labels), 3, generator=g)
-    open_set = fit_open_set(val, labels, val, labels, 3, threshold=0.0)
-
-    def nearest_mean(embeddings):
-        return -torch.cdist(embeddings, means)
-
-    names = ["a", "b", "c"]
-    threshold, info = calibrated_threshold(open_set, nearest_mean, val, labels, names)
+    _, labels, val, open_set = _three_classes(per_class=60, spread=0.3, seed=1, threshold=0.0)
+    threshold, info = calibrated_threshold(open_set, nearest_mean, val, labels, NAMES)
     assert 0.0 < threshold <= MAX_CALIBRATED_THRESHOLD
     drop = info["validation_macro_f1_without_rejection"] - info["validation_macro_f1_with_rejection"]
     assert 0.0 <= drop <= 0.03
     assert 0.0 < info["validation_windows_rejected"] < 0.2
     # a larger allowance buys a higher threshold, never above the cap
-    looser, _ = calibrated_threshold(open_set, nearest_mean, val, labels, names, max_drop=0.2)
+    looser, _ = calibrated_threshold(open_set, nearest_mean, val, labels, NAMES, max_drop=0.2)
     assert threshold < looser <= MAX_CALIBRATED_THRESHOLD
     # no allowance: nothing that costs F1 is rejected
-    strict, info = calibrated_threshold(open_set, nearest_mean, val, labels, names, max_drop=0.0)
+    strict, info = calibrated_threshold(open_set, nearest_mean, val, labels, NAMES, max_drop=0.0)
     assert strict <= threshold
     assert info["validation_macro_f1_with_rejection"] >= info["validation_macro_f1_without_rejection"]
