@@ -2,7 +2,7 @@
 
     python benchmarks/scan.py throughput [--hours 1] [--model default|DIR] [--device cpu|cuda]
                                          [--precision fp32,fp32-onnx,int8,bf16,fp16] [--birdnet PEER_SCRIPT]
-                                         [--batch-size N] [--workers N] [--stage-windows 256]
+                                         [--batch-size N] [--workers N] [--stage-windows 256] [--repeats 1]
     python benchmarks/scan.py memory [--short-min 10] [--long-hours 10] [--model DIR]
     python benchmarks/scan.py process --birdnet PEER_SCRIPT [--short-min 10] [--repeats 3]
                                       [--precision fp32,int8] [--model default] [--memory-files 1,6,12]
@@ -19,7 +19,8 @@ its ratios to the CNN alone and to the slowest of those two stages, and the same
 the first batch is through (steady state: start-up and the final commit left out). On a GPU, raise --batch-size,
 --workers and --stage-windows (as benchmarks/gpu.sh does). With --birdnet, the peer
 BirdNET is timed on the same file right after (../shared/tools/birdnet-peer) and the
-ratios are reported.
+ratios are reported. --repeats N: N rounds in turns, each figure the median over them
+(the rounds' end-to-end and steady-state figures are kept too).
 memory: scans a short and a long synthetic file, each in its own process, and reports
 their peak resident memory; streaming decode keeps the two close. A small network is
 used unless --model is given, since the network's memory does not depend on length.
@@ -300,6 +301,37 @@ def _pipeline_stage_rates(audio: Path, model: str, device: str, precision: str, 
             "network_threads": max(1, cores() - workers)}
 
 
+ROUND_KEYS = ("windows_per_s", "steady_windows_per_s", "end_to_end_over_slowest_stage", "steady_over_slowest_stage")
+
+
+def throughput_round(audio: Path, model: str, precision: str, args, work: Path) -> dict:
+    """The stages alone, then the scan, of one precision."""
+    stages = stage_rates(audio, model, args.device, precision, args.stage_windows, args.batch_size, args.workers)
+    scan_result = run_scan(audio, model, args.device, work / f"throughput_{precision}.parquet", precision,
+                           args.batch_size, args.workers)
+    scan_result["end_to_end_over_cnn"] = scan_result["windows_per_s"] / stages["cnn_windows_per_s"]
+    if "feature_process_windows_per_s" in stages:
+        slowest = min(stages["feature_process_windows_per_s"], stages["network_beside_workers_windows_per_s"])
+        scan_result["end_to_end_over_slowest_stage"] = scan_result["windows_per_s"] / slowest
+        scan_result["steady_over_slowest_stage"] = scan_result["steady_windows_per_s"] / slowest
+    for old in work.glob(f"throughput_{precision}.*parquet"):  # the next round scans afresh
+        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+    return {**stages, "scan": scan_result}
+
+
+def median_of(rounds: list[dict]) -> dict:
+    """Each number the median over the rounds (nested dicts alike); other values from the first."""
+    out = {}
+    for key, value in rounds[0].items():
+        if isinstance(value, dict):
+            out[key] = median_of([r[key] for r in rounds])
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = float(np.median([r[key] for r in rounds]))
+        else:
+            out[key] = value
+    return out
+
+
 def _wait_for(device: str) -> None:
     """CUDA runs asynchronously: a timer must wait for the work it measures."""
     import torch
@@ -423,7 +455,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--audio", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--repeats", type=int, default=3, help="process: runs of each command")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="process: runs of each command (default 3); throughput: rounds, each number "
+                             "then the median over them (default 1)")
     parser.add_argument("--memory-files", default=None,
                         help="process: also the peak memory of scanning folders of this many copies, e.g. 1,6,12")
     parser.add_argument("--json", type=Path)
@@ -439,7 +473,7 @@ def main() -> None:
             parser.error("process needs --birdnet")
         audio = synthetic_recording(work / f"synthetic_{args.short_min:g}min.wav", args.short_min * 60, args.sample_rate)
         result = whole_processes(audio, args.model or "default", args.precision.split(","), args.birdnet,
-                                 args.repeats, work)
+                                 args.repeats or 3, work)
         if args.memory_files:
             result["memory_by_files"] = memory_by_files(audio, args.model or "default", args.precision.split(","),
                                                         [int(n) for n in args.memory_files.split(",")], work)
@@ -463,17 +497,15 @@ def main() -> None:
         result = {"mode": "throughput", "model": args.model or "small test network", "device": _device_name(args.device),
                   "batch_size": args.batch_size, "workers": args.workers,
                   "sample_rate": args.sample_rate, "torch_threads": torch.get_num_threads()}
-        for precision in args.precision.split(","):
-            stages = stage_rates(audio, model, args.device, precision, args.stage_windows, args.batch_size,
-                                 args.workers)
-            scan_result = run_scan(audio, model, args.device, work / f"throughput_{precision}.parquet", precision,
-                                   args.batch_size, args.workers)
-            scan_result["end_to_end_over_cnn"] = scan_result["windows_per_s"] / stages["cnn_windows_per_s"]
-            if "feature_process_windows_per_s" in stages:
-                slowest = min(stages["feature_process_windows_per_s"], stages["network_beside_workers_windows_per_s"])
-                scan_result["end_to_end_over_slowest_stage"] = scan_result["windows_per_s"] / slowest
-                scan_result["steady_over_slowest_stage"] = scan_result["steady_windows_per_s"] / slowest
-            result[precision] = {**stages, "scan": scan_result}
+        precisions = args.precision.split(",")
+        rounds: dict[str, list[dict]] = {p: [] for p in precisions}
+        for _ in range(args.repeats or 1):  # in turns, so that a slow spell of the machine hits every precision
+            for precision in precisions:
+                rounds[precision].append(throughput_round(audio, model, precision, args, work))
+        for precision in precisions:
+            result[precision] = median_of(rounds[precision])
+            result[precision]["scan"]["rounds"] = [{k: r["scan"][k] for k in ROUND_KEYS if k in r["scan"]}
+                                                   for r in rounds[precision]]
         if args.birdnet:
             peer = birdnet(args.birdnet, audio)
             result["birdnet"] = peer
