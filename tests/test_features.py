@@ -5,7 +5,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from conftest import click_train, harmonic_tone, noise, require_shared, INSECTSET
+from conftest import click_train, harmonic_tone, noise, require_shared, tone, INSECTSET
 from librosa_reference import reference_features_db
 
 from fieldmon.feature_extractor import FeatureExtractor, compute_features
@@ -177,3 +177,35 @@ def test_other_sample_rate_keeps_200_frames():
     s = FeatureSettings(sample_rate=22050)
     features = FeatureExtractor(s)(noise(2.0, sr=22050)[None])
     assert features.shape == (1, 3, 40, 200)
+
+
+def test_band_limit_leaves_the_top_bands_empty_on_both_backends():
+    limited = FeatureSettings(band_limit_hz=8000.0)
+    # bands whose triangle ends above 8 kHz: those from 8063 Hz up
+    edges = limited.band_upper_edges_hz
+    assert limited.empty_bands == 11 and edges[-12] < 8000 < edges[-11]
+    quiet = noise(2.0, seed=3, amplitude=0.001)
+    tones = np.stack([tone(6000.0, 2.0) + quiet, tone(12000.0, 2.0) + quiet])  # below and above the limit
+    for median in ("numba", "torch"):
+        features = FeatureExtractor(limited, median=median)(tones).numpy()
+        full = FeatureExtractor(SETTINGS, median=median)(tones).numpy()
+        assert np.all(features[:, :, -11:] == 0.0)  # at the floor, in every channel
+        # the 6 kHz tone keeps its loudest band, and it stays each window's maximum
+        assert features[0].max() == 1.0 and np.argmax(features[0, 0].mean(1)) == np.argmax(full[0, 0].mean(1))
+        # a window whose only sound lies above the limit holds nothing louder than its noise floor there
+        assert features[1, :, -11:].max() == 0.0 and full[1, :, -11:].max() == 1.0
+    # the two backends agree on the band-limited features too
+    cpu = FeatureExtractor(limited, median="numba")(tones)
+    gpu_path = FeatureExtractor(limited, median="torch")(tones)
+    assert np.abs(to_db(cpu) - to_db(gpu_path)).max() < 1e-2
+
+
+def test_band_limit_is_persisted_only_when_set_so_older_keys_stay():
+    limited = FeatureSettings(band_limit_hz=8000.0)
+    assert "band_limit_hz" not in SETTINGS.to_dict()  # earlier bundles and feature caches keep their keys
+    assert FeatureSettings.from_dict(limited.to_dict()) == limited
+    assert limited.fingerprint() != SETTINGS.fingerprint()
+    with pytest.raises(FeatureSettingsMismatch, match="band_limit_hz: model 8000.0, features None"):
+        check_same_settings(limited, SETTINGS)
+    with pytest.raises(ValueError, match="band_limit_hz must lie between 0 and 22050"):
+        FeatureSettings(band_limit_hz=30000.0)

@@ -137,6 +137,11 @@ def test_tiny_and_odd_clips_train(tmp_path):
     assert result.exit_code == 0, result.output
     model = load_model(tmp_path / "m")
     assert model.class_names == ["high", "low", "short"]
+    # the 8 kHz clips set the band every clip has: nothing above 4 kHz, for every species
+    assert model.feature_settings.band_limit_hz == 4000.0
+    assert "4 clip(s) were recorded at 8 kHz" in result.output and "above 4 kHz, are left empty" in result.output
+    info = CliRunner().invoke(main, ["info", str(tmp_path / "m")])
+    assert "40 Mel bands (the top 17 left empty: the band ends at 4 kHz)" in info.output
     assert model.training["windows"]["train"] > 0
 
 

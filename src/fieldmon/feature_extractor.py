@@ -49,7 +49,9 @@ class FeatureExtractor:
         if self.median == "numba":
             return torch.from_numpy(hpss_mel(_numpy(windows), self.settings, self._stft_by_frame))
         mel = torch.matmul(self.mel_basis, self.power_channels(windows))
-        return _to_unit_db(mel, self.settings.top_db)
+        features = _to_unit_db(mel, self.settings.top_db)
+        features[:, :, self.settings.n_mels - self.settings.empty_bands:] = 0.0  # as fieldmon.features does
+        return features
 
     def power_channels(self, windows: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Power spectrograms of the window and of its harmonic and percussive parts,

@@ -55,10 +55,16 @@ class FeatureSettings:
     hpss_kernel: int = 31
     hpss_power: float = 2.0
     top_db: float = 80.0
+    # Mel bands reaching above this frequency are left empty (floor value) in every window:
+    # set by training when some clips were recorded at a lower rate than the model's, so
+    # that the recorder's bandwidth cannot stand in for the species (fieldmon.train.bands).
+    band_limit_hz: float | None = None
 
     def __post_init__(self) -> None:
         if self.hpss_kernel % 2 != 1:
             raise ValueError("hpss_kernel must be odd so that the median is one sample")
+        if self.band_limit_hz is not None and not 0 < self.band_limit_hz <= self.sample_rate / 2:
+            raise ValueError(f"band_limit_hz must lie between 0 and {self.sample_rate / 2:g} Hz, not {self.band_limit_hz}")
         available = 1 + self.window_samples // self.hop_length
         if self.n_frames > available:
             raise ValueError(f"n_frames={self.n_frames} but a window only has {available} frames")
@@ -79,15 +85,30 @@ class FeatureSettings:
     def shape(self) -> tuple[int, int, int]:
         return (3, self.n_mels, self.n_frames)
 
+    @property
+    def band_upper_edges_hz(self) -> np.ndarray:
+        """Where each Mel band's triangle ends."""
+        return _mel_edges_hz(self.sample_rate, self.n_mels, self.fmin, self.fmax)[2:]
+
+    @property
+    def empty_bands(self) -> int:
+        """How many of the top Mel bands ``band_limit_hz`` leaves empty."""
+        if self.band_limit_hz is None:
+            return 0
+        return int(np.count_nonzero(self.band_upper_edges_hz > self.band_limit_hz * (1 + 1e-9)))
+
     def to_dict(self) -> dict:
-        return settings_to_dict(self)
+        out = settings_to_dict(self)
+        if out["band_limit_hz"] is None:  # so that bundles and caches from before it keep their keys
+            del out["band_limit_hz"]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> FeatureSettings:
         return settings_from_dict(cls, data)
 
     def fingerprint(self) -> str:
-        return settings_fingerprint(self)
+        return settings_fingerprint(self.to_dict())
 
 
 class FeatureSettingsMismatch(ValueError):
@@ -97,7 +118,9 @@ class FeatureSettingsMismatch(ValueError):
 def check_same_settings(expected: FeatureSettings, actual: FeatureSettings) -> None:
     if expected != actual:
         theirs = actual.to_dict()
-        diffs = [f"{k}: model {v!r}, features {theirs[k]!r}" for k, v in expected.to_dict().items() if theirs[k] != v]
+        ours = expected.to_dict()
+        diffs = [f"{k}: model {ours.get(k)!r}, features {theirs.get(k)!r}" for k in sorted(set(ours) | set(theirs))
+                 if theirs.get(k) != ours.get(k)]
         raise FeatureSettingsMismatch(
             "features were computed with other settings than the model expects ("
             + "; ".join(diffs)
@@ -155,9 +178,14 @@ def _hpss_parts(windows: np.ndarray, settings: FeatureSettings, stft: Stft) -> t
 
 @lru_cache(maxsize=8)
 def mel_basis(settings: FeatureSettings) -> np.ndarray:
-    """The Mel filterbank of ``settings``, shared: do not modify it."""
-    return slaney_mel_filterbank(settings.sample_rate, settings.frame_length, settings.n_mels, settings.fmin,
-                                 settings.fmax)
+    """The Mel filterbank of ``settings``, shared: do not modify it. The bands above
+    ``band_limit_hz`` are all zero, so they stay at the floor and never set a window's
+    maximum."""
+    weights = slaney_mel_filterbank(settings.sample_rate, settings.frame_length, settings.n_mels, settings.fmin,
+                                    settings.fmax)
+    if settings.empty_bands:
+        weights[settings.n_mels - settings.empty_bands:] = 0.0
+    return weights
 
 
 def unit_db(power: np.ndarray, top_db: float) -> np.ndarray:
@@ -180,7 +208,10 @@ def _as_windows(windows: np.ndarray, settings: FeatureSettings) -> np.ndarray:
 def _hpss_mel_chunk(windows: np.ndarray, settings: FeatureSettings, stft: Stft) -> np.ndarray:
     from fieldmon.hpss_kernels import mel_sums
 
-    return unit_db(mel_sums(_power_channels_by_frame(windows, settings, stft), *_mel_bands(settings)), settings.top_db)
+    features = unit_db(mel_sums(_power_channels_by_frame(windows, settings, stft), *_mel_bands(settings)),
+                       settings.top_db)
+    features[:, :, settings.n_mels - settings.empty_bands:] = 0.0  # at the floor, whatever a window's loudest band
+    return features
 
 
 @lru_cache(maxsize=8)
@@ -224,14 +255,19 @@ def slaney_mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float
     scale and area normalisation), float32 ``[n_mels, 1 + n_fft // 2]``, step for step so
     that it is bit-equal (tests). Computed here because librosa.filters imports scipy.signal,
     which cost every scan about a second and 100 MB before its first window."""
-    fmax = sample_rate / 2.0 if fmax is None else fmax
-    mel_f = _mel_to_hz(np.linspace(_hz_to_mel(fmin), _hz_to_mel(fmax), n_mels + 2))
+    mel_f = _mel_edges_hz(sample_rate, n_mels, fmin, fmax)
     fdiff = np.diff(mel_f)
     ramps = np.subtract.outer(mel_f, np.fft.rfftfreq(n=n_fft, d=1.0 / sample_rate))
     rising, falling = -ramps[:-2] / fdiff[:-1, np.newaxis], ramps[2:] / fdiff[1:, np.newaxis]
     weights = np.maximum(0, np.minimum(rising, falling)).astype(np.float32)
     weights *= (2.0 / (mel_f[2 : n_mels + 2] - mel_f[:n_mels]))[:, np.newaxis]
     return weights
+
+
+def _mel_edges_hz(sample_rate: int, n_mels: int, fmin: float, fmax: float | None) -> np.ndarray:
+    """The n_mels + 2 frequencies where the Mel bands' triangles start, peak and end."""
+    fmax = sample_rate / 2.0 if fmax is None else fmax
+    return _mel_to_hz(np.linspace(_hz_to_mel(fmin), _hz_to_mel(fmax), n_mels + 2))
 
 
 # Slaney's mel scale: linear below 1 kHz, logarithmic above (librosa.hz_to_mel, htk=False).

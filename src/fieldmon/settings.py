@@ -30,7 +30,7 @@ def settings_from_dict(cls: type[T], data: dict[str, Any]) -> T:
     return cls(**kwargs)
 
 
-def settings_fingerprint(settings: Any) -> str:
-    """Stable short hash of a settings object, used as a cache key."""
-    text = json.dumps(settings_to_dict(settings), sort_keys=True)
+def settings_fingerprint(data: dict[str, Any]) -> str:
+    """Stable short hash of a settings object's dict, used as a cache key."""
+    text = json.dumps(data, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -57,7 +57,9 @@ def summary(bundle: ModelBundle, meta: dict, path: Path) -> list[tuple[str, str]
     lines.append(("network", f"{network_kind(bundle.network)}, {bundle.loss} loss; {flops / 1e9:.2f} GFLOP per "
                              f"{fs.window_seconds:g} s window, {count_parameters(bundle.network):,} parameters"))
     lines.append(("species", f"{len(bundle.class_names)}: {', '.join(bundle.class_names)}"))
-    lines.append(("features", f"{fs.sample_rate} Hz, {fs.window_seconds:g} s windows, {fs.n_mels} Mel bands"))
+    band = (f" (the top {fs.empty_bands} left empty: the band ends at {fs.band_limit_hz / 1000:g} kHz)"
+            if fs.band_limit_hz else "")
+    lines.append(("features", f"{fs.sample_rate} Hz, {fs.window_seconds:g} s windows, {fs.n_mels} Mel bands{band}"))
     lines.append(("training", training_line(training, provenance)))
     review = training.get("from_review")
     if review:

@@ -73,6 +73,29 @@ class ThresholdOrAuto(click.ParamType):
         return number
 
 
+class BandLimit(click.ParamType):
+    """auto, none, or a frequency in Hz up to the model's Nyquist frequency."""
+
+    name = "band_limit"
+
+    def convert(self, value, param, ctx):
+        from fieldmon.features import FeatureSettings
+
+        if isinstance(value, float):
+            return value
+        given = str(value).strip().lower()
+        if given in ("auto", "none"):
+            return given
+        nyquist = FeatureSettings().sample_rate / 2
+        try:
+            number = float(given)
+        except ValueError:
+            number = float("nan")
+        if not 0 < number <= nyquist:
+            self.fail(f"{value!r} is not auto, none or a frequency in Hz from 0 to {nyquist:g}", param, ctx)
+        return number
+
+
 class Duration(click.ParamType):
     """A duration with units: 90s, 20m, 2h, 1h30m."""
 
@@ -171,6 +194,10 @@ class Duration(click.ParamType):
 @click.option("--open-set-threshold", type=ThresholdOrAuto(), default=None,
               help="Reject a window as unknown when its open-set score is below this (0 to 1). Default: auto, "
                    "the highest threshold (at most 0.5) that costs at most 0.03 of validation macro-F1.")
+@click.option("--band-limit", type=BandLimit(), default=None,
+              help="Leave the Mel bands above this frequency (Hz) empty in every window, in training and in "
+                   "scans. Default: auto, the lowest Nyquist frequency among the clips, so that clips recorded at "
+                   "a lower rate cannot teach the model their bandwidth instead of the species; none: keep them.")
 @click.option("--baseline/--no-baseline", default=True, show_default=True,
               help="Also fit the shallow baseline (log-Mel and MFCC statistics, logistic regression) on the "
                    "same split and print both scores.")

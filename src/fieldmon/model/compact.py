@@ -45,6 +45,7 @@ class CompactSettings:
     n_mels: int = 40
     stem_channels: int = 32
     stem_stride: tuple[int, ...] = (2, 2)  # (Mel, time)
+    stem_kernel: tuple[int, ...] = (3, 3)  # (Mel, time); at least the stride, so that no band is skipped
     # Per multiscale module: the maps of each of its four strands; the 1x1 reduction
     # before the 3x3/5x5/7x7 strands is half of that.
     strand_channels: tuple[int, ...] = (32, 48, 64)
@@ -85,8 +86,10 @@ class CompactSettings:
         return cls(**{**settings.__dict__, "transition_strides": strides})
 
 
-def _conv_bn(cin: int, cout: int, kernel: int, stride: tuple[int, int] = (1, 1)) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=False), nn.BatchNorm2d(cout)]
+def _conv_bn(cin: int, cout: int, kernel: int | tuple[int, ...], stride: tuple[int, ...] = (1, 1)) -> list[nn.Module]:
+    kernel = (kernel, kernel) if isinstance(kernel, int) else tuple(kernel)
+    padding = tuple(k // 2 for k in kernel)
+    return [nn.Conv2d(cin, cout, kernel, stride=tuple(stride), padding=padding, bias=False), nn.BatchNorm2d(cout)]
 
 
 class CompactMultiscaleModule(nn.Module):
@@ -113,7 +116,8 @@ class CompactMultiscaleModule(nn.Module):
 class CompactTrunk(nn.Module):
     def __init__(self, s: CompactSettings) -> None:
         super().__init__()
-        layers: list[nn.Module] = [*_conv_bn(s.in_channels, s.stem_channels, 3, s.stem_stride), nn.ReLU(inplace=True)]
+        layers: list[nn.Module] = [*_conv_bn(s.in_channels, s.stem_channels, s.stem_kernel, s.stem_stride),
+                                   nn.ReLU(inplace=True)]
         cin = s.stem_channels
         height = -(-s.n_mels // s.stem_stride[0])
         for width, cout, stride in zip(s.strand_channels, s.transition_channels, s.transition_strides):

@@ -67,7 +67,8 @@ class ScanSummary:
     failures: list[tuple[str, str]] = field(default_factory=list)
     retimed: RetimeResult | None = None  # the output was in another --tz; its rows were retimed to this one
     model_sample_rate: int = 0
-    low_sample_rates: dict[int, int] = field(default_factory=dict)  # files scanned below the model's rate, by rate
+    model_band_hz: float = 0.0  # the top of the band the model sees: its Nyquist frequency or band limit
+    low_sample_rates: dict[int, int] = field(default_factory=dict)  # files whose band ends below it, by rate
     files_without_utc: int = 0  # files scanned with a local (wall-clock) time but no zone to make it UTC
 
     @property
@@ -201,6 +202,7 @@ class ScanCollector:
         emb_dim = bundle.network.settings.embedding_dim if settings.embeddings and bundle.network.is_embedding else None
         self.top_k = min(settings.top_k, len(bundle.class_names))
         summary.model_sample_rate = bundle.feature_settings.sample_rate
+        summary.model_band_hz = bundle.feature_settings.band_limit_hz or bundle.feature_settings.sample_rate / 2
         self.detection_schema = detection_schema(self.top_k, emb_dim, meta)
         self.file_schema = file_schema(meta)
         self.pending: dict[str, _Pending] = {}
@@ -245,7 +247,7 @@ class ScanCollector:
             if decoded.windows:
                 self.pending_detections.append(self._rows(decoded, state))
             rate = decoded.sample_rate
-            if rate and rate < self.summary.model_sample_rate:
+            if rate and rate / 2 < self.summary.model_band_hz:
                 self.summary.low_sample_rates[rate] = self.summary.low_sample_rates.get(rate, 0) + 1
             info = decoded.info
             if info is not None and info.local_start is not None and info.utc_start is None:

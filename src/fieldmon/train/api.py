@@ -25,6 +25,7 @@ from fieldmon.model.networks import build_network, network_kind, settings_class
 from fieldmon.model.openset import fit_open_set
 from fieldmon.provenance import provenance
 from fieldmon.train.baseline import baseline_scores
+from fieldmon.train.bands import limit_bands
 from fieldmon.train.cache import EVALUATION_HOP_SECONDS, FeatureCache, WindowSet, build_window_set
 from fieldmon.train.classifier import calibrated_threshold, threshold_for_rejects, train_mlp
 from fieldmon.train.dataset import ClipSet, DatasetError, assign_splits, load_clips
@@ -110,7 +111,10 @@ def train(
     base_bundle = load_model(base) if base is not None else None
     if base_bundle is not None:
         settings = replace(settings, network=network_kind(base_bundle.network))
-    feature_settings = base_bundle.feature_settings if base_bundle else FeatureSettings()
+    feature_settings, band_note = limit_bands(clips.clips, base_bundle.feature_settings if base_bundle
+                                              else FeatureSettings(), settings.band_limit)
+    if band_note:
+        cb.message(band_note)
     cache_dir = Path(cache_dir) if cache_dir else None
     train_cache = FeatureCache(cache_dir, feature_settings, settings.hop_seconds)
     held_out_cache = FeatureCache(cache_dir, feature_settings, EVALUATION_HOP_SECONDS)

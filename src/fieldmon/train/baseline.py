@@ -24,13 +24,15 @@ N_MELS = 64
 N_MFCC = 20
 
 
-def window_statistics(windows: np.ndarray, sample_rate: int) -> np.ndarray:
-    """``[N, samples]`` -> ``[N, 188]`` log-Mel and MFCC statistics."""
+def window_statistics(windows: np.ndarray, sample_rate: int, fmax: float | None = None) -> np.ndarray:
+    """``[N, samples]`` -> ``[N, 188]`` log-Mel and MFCC statistics, of the band up to
+    ``fmax`` (the deep model's band limit, so that both see the same sound)."""
     import librosa
 
     out = np.empty((len(windows), 2 * N_MELS + 3 * N_MFCC), dtype=np.float32)
     for i, window in enumerate(windows):
-        mel = librosa.feature.melspectrogram(y=window, sr=sample_rate, n_fft=1024, hop_length=512, n_mels=N_MELS)
+        mel = librosa.feature.melspectrogram(y=window, sr=sample_rate, n_fft=1024, hop_length=512, n_mels=N_MELS,
+                                             fmax=fmax)
         db = librosa.power_to_db(mel)
         mfcc = librosa.feature.mfcc(S=db, n_mfcc=N_MFCC)
         delta = librosa.feature.delta(mfcc)
@@ -54,7 +56,7 @@ def clip_statistics(
             continue
         windows = cut_windows(samples, settings.window_samples, round(hop_seconds * settings.sample_rate),
                               keep_partial=False).samples
-        stats.append(window_statistics(windows, settings.sample_rate))
+        stats.append(window_statistics(windows, settings.sample_rate, settings.band_limit_hz))
         labels.append(np.full(len(windows), index[clip.label]))
         clip_index.append(np.full(len(windows), i))
     if not stats:

@@ -11,7 +11,7 @@ import csv
 import hashlib
 import json
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +44,7 @@ class Clip:
     label: str
     split: str | None = None
     seconds: float = 0.0
+    sample_rate: int = 0  # as recorded; 0: not read yet
 
 
 @dataclass
@@ -101,7 +102,7 @@ def load_clips(source: str | Path, known_labels: list[str] | None = None) -> Cli
         if info.frames == 0:
             problems.append(f"{clip.path}: holds no audio samples")
             continue
-        checked.append(Clip(clip.path, clip.label, clip.split, info.frames / info.samplerate))
+        checked.append(Clip(clip.path, clip.label, clip.split, info.frames / info.samplerate, info.samplerate))
     if known_labels is not None:
         unknown = sorted({c.label for c in checked} - set(known_labels))
         if unknown:
@@ -192,7 +193,7 @@ def assign_splits(clips: ClipSet, seed: int, fractions: tuple[float, float, floa
             n_train = n - n_val
         for rank, i in enumerate(order):
             split = "train" if rank < n_train else "validation" if rank < n_train + n_val else "test"
-            out.append(Clip(files[i].path, label, split, files[i].seconds))
+            out.append(replace(files[i], split=split))
     if problems:
         raise DatasetError(problems)
     return ClipSet(sorted(out, key=lambda c: (c.label, str(c.path))), clips.source, warnings)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from fieldmon.model.networks import NETWORKS
 from fieldmon.settings import settings_from_dict, settings_to_dict
 from fieldmon.train.augment import AUGMENTATIONS, DEFAULT_AUGMENTATIONS
+from fieldmon.train.bands import BAND_LIMIT_CHOICES
 
 LOSSES = ("triplet", "crossentropy")
 TRIPLET_UPDATES = ("minibatch", "paper")
@@ -91,6 +92,9 @@ class TrainSettings:
     head_warmup_steps: int = 0
     # Fit and report the shallow baseline (fieldmon.train.baseline) on the same split.
     baseline: bool = True
+    # Mel bands left empty in every window (fieldmon.train.bands): "auto", above the lowest
+    # Nyquist frequency among the clips; "none"; or a frequency in Hz.
+    band_limit: str | float = "auto"
 
     def __post_init__(self) -> None:
         if self.open_set_threshold is not None and not 0.0 <= self.open_set_threshold <= 1.0:
@@ -124,6 +128,9 @@ class TrainSettings:
             raise ValueError(f"head_warmup_steps must be 0 or more, not {self.head_warmup_steps}")
         if self.head_warmup_steps and self.freeze_trunk:
             raise ValueError("a head warm-up precedes training the whole network; with freeze_trunk only the head trains")
+        if self.band_limit not in BAND_LIMIT_CHOICES and not (
+                isinstance(self.band_limit, (int, float)) and self.band_limit > 0):
+            raise ValueError(f"band_limit must be auto, none or a positive frequency in Hz, not {self.band_limit!r}")
         if self.windows_per_class < 2:
             raise ValueError("windows_per_class must be at least 2 so that every species has a positive pair")
 

@@ -75,7 +75,7 @@ def add_verified(clips: ClipSet, verdicts_path: str | Path, out_dir: str | Path)
         if label is None:
             rejects.append(path)
         else:
-            added.append(Clip(path, label, "train", len(samples) / sr))
+            added.append(Clip(path, label, "train", len(samples) / sr, sr))
         counts[kind] += 1
     counts["clips_added"] = len(added)
     counts["to_reject"] = len(rejects)
