@@ -116,6 +116,20 @@ def test_compact_network_shapes_parameters_and_flops_are_pinned():
     assert kernels == [(1, 1), (3, 3), (5, 5), (7, 7)]
 
 
+def test_compact_stem_can_fold_finer_mel_bands_into_the_same_rows():
+    # 160 Mel bands, a 9x3 stem with stride 8x2: the same 20 rows after the stem, so the
+    # same cost as the 40-band layout beyond the stem (README, "The compact recipe")
+    wide = CompactSettings(n_mels=160, stem_kernel=(9, 3), stem_stride=(8, 2))
+    net = CompactCNN(wide).eval()
+    assert net.trunk.layers[0].kernel_size == (9, 3)
+    assert net.trunk.layers[:3](torch.rand(2, 3, 160, 200)).shape == (2, 32, 20, 100)
+    assert count_flops(net, (3, 160, 200)) == 517_379_072
+    assert CompactSettings.from_dict(wide.to_dict()) == wide
+    legacy = CompactSettings().to_dict()
+    del legacy["stem_kernel"]  # compact bundles written before the setting existed
+    assert CompactSettings.from_dict(legacy).stem_kernel == (3, 3)
+
+
 def test_compact_crossentropy_variant_and_settings_round_trip():
     net = CompactCNN(n_classes=5)
     assert net(torch.rand(2, 3, 40, 200)).shape == (2, 5) and not net.is_embedding
