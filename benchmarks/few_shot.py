@@ -3,6 +3,7 @@
     python benchmarks/few_shot.py OUT [--data ../shared/data/insectset32] [--species 8] [--clips 5]
                                       [--sets 3] [--budget 20m] [--base-budget 60m | --base MODEL]
                                       [--trunk-lr-scale 1.0] [--head-warmup 0] [--only-set N]
+                                      [--low-rate 16000] [--band-limit auto|none]
 
 1. Holds out ``--species`` species that have at least ``--clips`` + 3 clips (seeded choice).
 2. Trains a base model on the other species (their dataset split), unless ``--base`` names one;
@@ -12,6 +13,10 @@
    selection, the rest for training), and the same with ``--freeze-trunk`` (2,000 steps of
    the dense head), then scores both site models and the shallow baseline (fitted on the
    site model's own training clips) on every other clip of those species.
+
+``--low-rate HZ``: the training clips of every other held-out species are resampled to that
+rate first (as if recorded on another recorder), the evaluation clips stay as they are;
+``--band-limit`` is passed to the site models (``fieldmon train --band-limit``).
 
 Writes OUT/results.json and prints one line per set. Everything runs on the CPU unless a
 GPU is there.
@@ -26,6 +31,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
+import soxr
 
 from fieldmon.cli.main import Duration
 from fieldmon.evaluation.evaluate import evaluate
@@ -50,6 +57,9 @@ def main() -> None:
     parser.add_argument("--trunk-lr-scale", type=float, default=1.0, help="as fieldmon train --trunk-lr-scale")
     parser.add_argument("--head-warmup", type=int, default=0, help="as fieldmon train --head-warmup")
     parser.add_argument("--only-set", type=int, default=None, help="run only this set (to run sets side by side)")
+    parser.add_argument("--low-rate", type=int, default=None,
+                        help="resample the training clips of every other held-out species to this rate")
+    parser.add_argument("--band-limit", default="auto", help="as fieldmon train --band-limit (auto or none)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", type=Path, default=None)
     args = parser.parse_args()
@@ -82,22 +92,26 @@ def main() -> None:
         for species in held_out:
             clips = sorted(by_species[species], key=lambda r: r["path"])
             picked = set(draw.choice(len(clips), size=args.clips, replace=False).tolist())
-            train_rows += [(clips[i]["path"], species, "") for i in sorted(picked)]
+            low = args.low_rate is not None and species in held_out[::2]
+            train_rows += [(resampled(args.data / clips[i]["path"], args.low_rate, args.out / "low-rate")
+                            if low else clips[i]["path"], species, "") for i in sorted(picked)]
             eval_rows += [(clips[i]["path"], species, "") for i in range(len(clips)) if i not in picked]
         site_manifest = write_manifest(args.out / f"set{index}.csv", args.data, train_rows, split=False)
         eval_manifest = write_manifest(args.out / f"set{index}-eval.csv", args.data, eval_rows, split=False)
         site = args.out / f"set{index}"
         settings = TrainSettings(time_budget_seconds=duration.convert(args.budget, None, None), seed=index,
-                                 trunk_lr_scale=args.trunk_lr_scale, head_warmup_steps=args.head_warmup)
+                                 trunk_lr_scale=args.trunk_lr_scale, head_warmup_steps=args.head_warmup,
+                                 band_limit=args.band_limit)
         bundle = train(site_manifest, site, settings, base=base, cache_dir=args.cache,
                        callbacks=TrainCallbacks(message=print_flush))
         deep = evaluate(site, eval_manifest, cache_dir=args.cache)
         # the fastest option beside it: the base trunk frozen, only the dense head trained
-        frozen_settings = TrainSettings(steps=2000, freeze_trunk=True, seed=index, baseline=False)
+        frozen_settings = TrainSettings(steps=2000, freeze_trunk=True, seed=index, baseline=False,
+                                        band_limit=args.band_limit)
         frozen_bundle = train(site_manifest, args.out / f"set{index}-frozen", frozen_settings, base=base,
                               cache_dir=args.cache, callbacks=TrainCallbacks(message=print_flush))
         frozen = evaluate(args.out / f"set{index}-frozen", eval_manifest, cache_dir=args.cache)
-        shallow = baseline_on(site / "split.csv", eval_manifest, bundle.class_names)
+        shallow = baseline_on(site / "split.csv", eval_manifest, bundle.class_names, bundle.feature_settings)
         result = {
             "set": index, "train_clips": bundle.training["clips"], "eval_files": deep["files"],
             "steps": bundle.training["steps_done"], "wall_seconds": bundle.training["wall_seconds"],
@@ -114,14 +128,24 @@ def main() -> None:
         (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
 
 
-def baseline_on(split_csv: Path, eval_manifest: Path, class_names: list[str]) -> dict[str, float]:
+def baseline_on(split_csv: Path, eval_manifest: Path, class_names: list[str],
+                settings: FeatureSettings) -> dict[str, float]:
     """The shallow baseline fitted on the site model's training clips (its split.csv),
-    scored on the evaluation clips."""
-    settings = FeatureSettings()
+    scored on the evaluation clips, in the site model's band."""
     train_clips = [c for c in load_clips(split_csv).clips if c.split == "train"]
     stats, labels, _ = clip_statistics(train_clips, class_names, settings, TrainSettings(steps=1).hop_seconds)
     held = clip_statistics(load_clips(eval_manifest).clips, class_names, settings, EVALUATION_HOP_SECONDS)
     return fit_and_score((stats, labels), {"eval": held}, class_names)["eval"]
+
+
+def resampled(path: Path, rate: int, folder: Path) -> str:
+    """``path`` resampled to ``rate``, written once under ``folder``."""
+    target = folder / path.parent.name / f"{path.stem}.wav"
+    if not target.exists():
+        samples, source_rate = sf.read(path, dtype="float32")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(target, soxr.resample(samples, source_rate, rate), rate)
+    return str(target)
 
 
 def write_manifest(path: Path, data: Path, rows: list[tuple[str, str, str]], split: bool = True) -> Path:
