@@ -58,10 +58,14 @@ def test_open_set_is_fitted_again_on_int8_embeddings(tiny_model, tmp_path):
 
     int8 = load_model(model, "int8")
     embeddings = int8.predict(validation, int8.feature_settings).embeddings
-    for c in range(3):
-        d = torch.linalg.vector_norm(embeddings[labels == c] - int8.open_set.class_means[c], dim=1)
+    distances = [torch.linalg.vector_norm(embeddings[labels == c] - int8.open_set.class_means[c], dim=1)
+                 for c in range(3)]
+    pooled = float(np.sqrt(np.mean([float(d.std(unbiased=False)) ** 2 for d in distances])))
+    for c, d in enumerate(distances):
         assert float(int8.open_set.distance_mean[c]) == pytest.approx(float(d.mean()), rel=1e-5)
-        assert float(int8.open_set.distance_std[c]) == pytest.approx(float(d.std(unbiased=False)), rel=1e-4)
+        # each spread at least the pooled one, as fp32 fits it (fieldmon.model.openset)
+        expected = max(float(d.std(unbiased=False)), pooled)
+        assert float(int8.open_set.distance_std[c]) == pytest.approx(expected, rel=1e-4)
     # fp32 keeps its own calibration; the class means and the threshold are shared
     reloaded = load_model(model)
     assert torch.equal(reloaded.open_set.distance_mean, fp32.open_set.distance_mean)

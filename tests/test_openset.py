@@ -19,9 +19,10 @@ def test_fit_and_scores_match_hand_computation():
     assert torch.allclose(params.class_means, torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
     assert params.distance_mean[0].item() == pytest.approx(0.2)
     assert params.distance_std[0].item() == pytest.approx(0.1)
-    # one validation window for class 1: its spread falls back to the floor
+    # one validation window for class 1: no spread of its own, so it gets the pooled
+    # spread of both classes, sqrt((0.1^2 + 0.001^2) / 2)
     assert params.distance_mean[1].item() == pytest.approx(0.5)
-    assert params.distance_std[1].item() == pytest.approx(1e-3)
+    assert params.distance_std[1].item() == pytest.approx(math.sqrt((0.1**2 + 1e-6) / 2), rel=1e-5)
 
     probes = torch.tensor([[1.2, 0.0], [1.3, 0.0], [1.6, 0.0]])
     scores = params.scores(probes, torch.tensor([0, 0, 0]))
@@ -102,3 +103,21 @@ def test_calibrated_threshold_spends_at_most_the_allowed_f1_on_rejection():
     strict, info = calibrated_threshold(open_set, nearest_mean, val, labels, NAMES, max_drop=0.0)
     assert strict <= threshold
     assert info["validation_macro_f1_with_rejection"] >= info["validation_macro_f1_without_rejection"]
+
+
+def test_a_species_fitted_on_one_tight_recording_keeps_new_recordings_of_it():
+    # species 0: validation windows of one recording, all 0.30 +- 0.005 from the mean;
+    # species 1: of several recordings, 0.5 +- 0.1. A new recording of species 0 lies at 0.38.
+    g = torch.Generator().manual_seed(0)
+    train = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    radius = torch.cat([0.30 + 0.005 * torch.randn(200, generator=g), 0.5 + 0.1 * torch.randn(200, generator=g)])
+    labels = torch.arange(2).repeat_interleave(200)
+    val = train[labels] + radius[:, None] * torch.tensor([0.0, 0.0, 1.0])
+    params = fit_open_set(train, torch.tensor([0, 1]), val, labels, 2, threshold=0.05)
+    spreads = params.distance_std.tolist()
+    # species 0 gets the pooled spread, about 0.1 / sqrt(2); species 1 keeps its own, wider one
+    assert 0.06 < spreads[0] < spreads[1] and spreads[1] == pytest.approx(0.1, abs=0.03)
+    new_recording = torch.tensor([[1.0, 0.0, 0.38]])
+    assert params.is_known(params.scores(new_recording, torch.tensor([0]))).item()
+    # far beyond both spreads it is still rejected
+    assert not params.is_known(params.scores(torch.tensor([[1.0, 0.0, 0.9]]), torch.tensor([0]))).item()

@@ -102,7 +102,7 @@ def quantize_bundle(
         data = int8.read_bytes()
         open_set = None
         if open_set_windows is not None and bundle.open_set is not None:
-            open_set = _int8_open_set(bundle, OnnxTrunk(int8, torch.get_num_threads()), *open_set_windows)
+            open_set = int8_open_set(bundle, OnnxTrunk(int8, torch.get_num_threads()), *open_set_windows)
     section = {
         "file": INT8_NAME,
         "sha256": hashlib.sha256(data).hexdigest(),
@@ -122,7 +122,7 @@ def quantize_bundle(
 
 
 @torch.inference_mode()
-def _int8_open_set(bundle: ModelBundle, trunk: nn.Module, features: np.ndarray, labels: np.ndarray) -> dict:
+def int8_open_set(bundle: ModelBundle, trunk: nn.Module, features: np.ndarray, labels: np.ndarray) -> dict:
     head = bundle.network.head.eval()
     embeddings = torch.cat([head(trunk(torch.from_numpy(features[i : i + 64]))) for i in range(0, len(features), 64)])
     refitted = bundle.open_set.refit(embeddings, torch.from_numpy(labels))
