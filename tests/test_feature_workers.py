@@ -85,7 +85,10 @@ def test_scan_with_several_workers_equals_one_worker(tmp_path, tiny_model):
         assert summary.files_ok == 4 and summary.exit_code == 0
         det, _ = read(out)
         outputs.append(det.sort_values(["path", "window_start_s"]).reset_index(drop=True))
-    assert outputs[0][["path", "window_start_s", "label", "score"]].equals(outputs[1][["path", "window_start_s", "label", "score"]])
+    columns = ["path", "window_start_s", "label"]
+    assert outputs[0][columns].equals(outputs[1][columns])
+    # Windows from several workers meet in other batches, and oneDNN's kernels differ by batch size in the last bits.
+    np.testing.assert_allclose(outputs[0].score, outputs[1].score, rtol=1e-5)
 
 
 def test_features_in_the_scans_process_give_the_rows_of_the_feature_processes(tmp_path, tiny_model):
