@@ -35,6 +35,8 @@ def test_folder_discovery_and_summary(tmp_path):
     assert clips.class_names == ["a_species", "b_species"]
     summary = {name: (n, round(minutes * 60, 3)) for name, n, minutes in clips.summary()}
     assert summary == {"a_species": (5, 6.0), "b_species": (3, 3.0)}
+    assert len(clips.warnings) == 1 and "a_species: 1 file(s) whose names start with '.' are not used (.hidden.wav)" in clips.warnings[0]
+    assert any(".hidden.wav" in w for w in assign_splits(clips, seed=0).warnings)  # still there when training prints them
 
 
 def test_split_is_stratified_by_file_and_seeded(tmp_path):

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from fieldmon.audio import is_audio_file
+from fieldmon.audio import AUDIO_EXTENSIONS, is_audio_file
 
 SPLITS = ("train", "validation", "test")
 PAPER_SPLIT = (0.50, 0.15, 0.35)
@@ -88,7 +88,8 @@ def load_clips(source: str | Path, known_labels: list[str] | None = None) -> Cli
     problems: list[str] = []
     if not source.exists():
         raise DatasetError([f"{source}: no such file or folder"])
-    clips = _from_manifest(source, problems) if source.is_file() else _from_folder(source, problems)
+    warnings: list[str] = []
+    clips = _from_manifest(source, problems) if source.is_file() else _from_folder(source, problems, warnings)
     checked = []
     for clip in clips:
         if not clip.path.is_file():
@@ -111,10 +112,10 @@ def load_clips(source: str | Path, known_labels: list[str] | None = None) -> Cli
         problems.append(f"{source}: no audio clips found")
     if problems:
         raise DatasetError(problems)
-    return ClipSet(checked, source)
+    return ClipSet(checked, source, warnings)
 
 
-def _from_folder(folder: Path, problems: list[str]) -> list[Clip]:
+def _from_folder(folder: Path, problems: list[str], warnings: list[str]) -> list[Clip]:
     clips = []
     species_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not species_dirs:
@@ -124,6 +125,11 @@ def _from_folder(folder: Path, problems: list[str]) -> list[Clip]:
         if not files:
             problems.append(f"{species_dir}: species folder holds no audio files")
         clips += [Clip(path, species_dir.name) for path in files]
+        # Hidden like the system's own files (._x.wav), but InsectSet32 has clips named ".flac".
+        hidden = sorted(p.name for p in species_dir.rglob(".*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+        if hidden:
+            warnings.append(f"{species_dir}: {len(hidden)} file(s) whose names start with '.' are not used "
+                            f"({', '.join(hidden[:3])}{', ...' if len(hidden) > 3 else ''}); rename them to train on them")
     return clips
 
 
@@ -196,7 +202,7 @@ def assign_splits(clips: ClipSet, seed: int, fractions: tuple[float, float, floa
             out.append(replace(files[i], split=split))
     if problems:
         raise DatasetError(problems)
-    return ClipSet(sorted(out, key=lambda c: (c.label, str(c.path))), clips.source, warnings)
+    return ClipSet(sorted(out, key=lambda c: (c.label, str(c.path))), clips.source, clips.warnings + warnings)
 
 
 def _check_given_split(clips: ClipSet) -> None:
