@@ -16,16 +16,17 @@ Song Meter day and the soundscape of ``--data``).
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from fieldmon.evaluation.metrics import UNKNOWN, classification_report
+from fieldmon.model.bundle import ModelBundle
 from fieldmon.model.loading import load_model
 from fieldmon.model.openset import MIN_STD
-from fieldmon.train.cache import EVALUATION_HOP_SECONDS, FeatureCache, build_window_set
+from fieldmon.train.cache import EVALUATION_HOP_SECONDS, FeatureCache, WindowSet, build_window_set
 from fieldmon.train.classifier import calibrated_threshold
 from fieldmon.train.dataset import load_clips
 
@@ -39,6 +40,33 @@ def own_spreads(open_set, embeddings, labels):
     return replace(open_set, distance_mean=mean, distance_std=std)
 
 
+@dataclass
+class Embedded:
+    """A model's embeddings of InsectSet32's splits and of the outlier recordings."""
+
+    bundle: ModelBundle
+    windows: dict[str, WindowSet]  # by split
+    embeddings: dict[str, torch.Tensor]  # by split, and "song meter" and "soundscape" for the outliers
+
+
+def embed_all(model: str, data: Path, cache_dir: Path | None, splits: tuple[str, ...] = ("validation",)) -> Embedded:
+    bundle = load_model(model).eval()
+    cache = FeatureCache(cache_dir, bundle.feature_settings, EVALUATION_HOP_SECONDS)
+    clips = load_clips(data / "insectset32" / "manifest.csv", known_labels=bundle.class_names)
+    windows = {split: build_window_set(clips.in_split(split), bundle.class_names, cache) for split in splits}
+
+    @torch.no_grad()
+    def embed(features: np.ndarray) -> torch.Tensor:
+        return torch.cat([bundle.network(torch.from_numpy(features[i:i + 64])) for i in range(0, len(features), 64)])
+
+    def outliers(folder: str) -> torch.Tensor:
+        return embed(np.concatenate([cache.clip_features(p) for p in sorted((data / folder).glob("*.wav"))]))
+
+    embeddings = {split: embed(w.features) for split, w in windows.items()}
+    embeddings |= {"song meter": outliers("recorder-series-S4A03895"), "soundscape": outliers("soundscapes")}
+    return Embedded(bundle, windows, embeddings)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="default")
@@ -46,20 +74,11 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=None)
     args = parser.parse_args()
 
-    bundle = load_model(args.model).eval()
+    embedded = embed_all(args.model, args.data, args.cache)
+    bundle, val = embedded.bundle, embedded.windows["validation"]
     names = bundle.class_names
-    cache = FeatureCache(args.cache, bundle.feature_settings, EVALUATION_HOP_SECONDS)
-    clips = load_clips(args.data / "insectset32" / "manifest.csv", known_labels=names)
-    val = build_window_set(clips.in_split("validation"), names, cache)
-    outlier_files = sorted((args.data / "recorder-series-S4A03895").glob("*.wav"))
-    outlier_files += sorted((args.data / "soundscapes").glob("*.wav"))
-
-    @torch.no_grad()
-    def embed(features: np.ndarray) -> torch.Tensor:
-        return torch.cat([bundle.network(torch.from_numpy(features[i:i + 64])) for i in range(0, len(features), 64)])
-
-    embeddings, labels = embed(val.features), torch.from_numpy(val.labels)
-    outliers = embed(np.concatenate([cache.clip_features(p) for p in outlier_files]))
+    embeddings, labels = embedded.embeddings["validation"], torch.from_numpy(val.labels)
+    outliers = torch.cat([embedded.embeddings["song meter"], embedded.embeddings["soundscape"]])
 
     def rejected(open_set, e):
         predicted = bundle.classifier(e).argmax(1)
