@@ -14,12 +14,9 @@ in-sample; the row fitted on the training windows is not.
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import numpy as np
 import torch
-from open_set_spread import embed_all
+from open_set_spread import arguments, embed_all
 
 from fieldmon.evaluation.metrics import UNKNOWN, classification_report
 from fieldmon.train.classifier import MAX_KNOWN_F1_DROP
@@ -57,11 +54,7 @@ def open_set_scores(bundle, train: torch.Tensor, train_labels: torch.Tensor, e: 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="default")
-    parser.add_argument("--data", type=Path, default=Path("../shared/data"))
-    parser.add_argument("--cache", type=Path, default=None)
-    args = parser.parse_args()
+    args = arguments(__doc__)
 
     embedded = embed_all(args.model, args.data, args.cache, splits=("train", "validation"))
     bundle, e = embedded.bundle, embedded.embeddings

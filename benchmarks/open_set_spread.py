@@ -67,12 +67,17 @@ def embed_all(model: str, data: Path, cache_dir: Path | None, splits: tuple[str,
     return Embedded(bundle, windows, embeddings)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arguments(doc: str) -> argparse.Namespace:
+    """--model, --data and --cache, as both open-set benchmarks take them."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="default")
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--cache", type=Path, default=None)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = arguments(__doc__)
 
     embedded = embed_all(args.model, args.data, args.cache)
     bundle, val = embedded.bundle, embedded.windows["validation"]
