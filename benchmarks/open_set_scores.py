@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from open_set_spread import arguments, embed_all
 
-from fieldmon.evaluation.metrics import UNKNOWN, classification_report
-from fieldmon.train.classifier import MAX_KNOWN_F1_DROP
+from fieldmon.evaluation.metrics import classification_report
+from fieldmon.train.classifier import MAX_KNOWN_F1_DROP, RejectionF1
 
 
 def auroc(known: np.ndarray, outliers: np.ndarray) -> float:
@@ -71,12 +71,7 @@ def main() -> None:
     print(f"{'score':36s} {'AUROC: song meter':>18s} {'soundscape':>11s} | at a drop <= {MAX_KNOWN_F1_DROP}: "
           "known rejected, song meter, soundscape")
     for name, known in scores["validation"].items():
-        threshold = -np.inf  # the highest that costs at most the allowance: each step rejects one more window
-        for candidate in np.unique(known):
-            kept = classification_report(truth, np.where(known < candidate, UNKNOWN, predicted), names).macro_f1
-            if kept < without - MAX_KNOWN_F1_DROP:
-                break
-            threshold = candidate
+        threshold = RejectionF1(known, predicted, truth, names).highest_affordable(-np.inf, MAX_KNOWN_F1_DROP)
         outliers = [scores[source][name] for source in outlier_sources]
         print(f"{name:36s} {auroc(known, outliers[0]):18.3f} {auroc(known, outliers[1]):11.3f} | "
               f"{np.mean(known < threshold):6.1%} {np.mean(outliers[0] < threshold):10.1%} "

@@ -58,19 +58,35 @@ MAX_KNOWN_F1_DROP = 0.03
 MAX_CALIBRATED_THRESHOLD = 0.5
 
 
-class _RejectionF1:
-    """Validation macro-F1 per window with windows below a threshold called unknown."""
+class RejectionF1:
+    """Validation macro-F1 per window with the windows whose open-set score lies below a
+    threshold called unknown."""
 
-    def __init__(self, open_set: OpenSetParams, classifier: MLPClassifier, val_embeddings: torch.Tensor,
-                 val_labels: torch.Tensor, class_names: list[str]) -> None:
-        self.predicted = classifier(val_embeddings).argmax(1).numpy()
-        self.scores = open_set.scores(val_embeddings, torch.from_numpy(self.predicted)).numpy()
-        self.labels = val_labels.numpy()
-        self.class_names = class_names
+    def __init__(self, scores: np.ndarray, predicted: np.ndarray, labels: np.ndarray, class_names: list[str]) -> None:
+        self.scores, self.predicted, self.labels, self.class_names = scores, predicted, labels, class_names
+
+    @classmethod
+    def of(cls, open_set: OpenSetParams, classifier: MLPClassifier, val_embeddings: torch.Tensor,
+           val_labels: torch.Tensor, class_names: list[str]) -> RejectionF1:
+        predicted = classifier(val_embeddings).argmax(1)
+        return cls(open_set.scores(val_embeddings, predicted).numpy(), predicted.numpy(), val_labels.numpy(), class_names)
 
     def __call__(self, threshold: float) -> float:
         kept = np.where(self.scores < threshold, UNKNOWN, self.predicted)
         return classification_report(self.labels, kept, self.class_names).macro_f1
+
+    def highest_affordable(self, start: float, max_drop: float, cap: float = np.inf) -> float:
+        """The highest threshold, from ``start`` up to ``cap``, whose macro-F1 stays within
+        ``max_drop`` of that at ``start``. Each candidate rejects one more window than the
+        one below it; the first that costs too much ends the search."""
+        floor, threshold = self(start) - max_drop, start
+        for candidate in np.unique(np.nextafter(self.scores, np.inf)):
+            if candidate <= start:
+                continue
+            if candidate > cap or self(float(candidate)) < floor:
+                break
+            threshold = float(candidate)
+        return threshold
 
 
 @torch.no_grad()
@@ -88,15 +104,9 @@ def calibrated_threshold(
 
     The validation windows also fitted the distance Gaussians, so this is in-sample: on
     new recordings of the known species somewhat more windows are rejected."""
-    macro_f1 = _RejectionF1(open_set, classifier, val_embeddings, val_labels, class_names)
+    macro_f1 = RejectionF1.of(open_set, classifier, val_embeddings, val_labels, class_names)
     without = macro_f1(0.0)
-    threshold = 0.0
-    # Each candidate rejects one more validation window than the one below it; the
-    # first that costs too much ends the search.
-    for candidate in np.unique(np.nextafter(macro_f1.scores, np.inf)):
-        if candidate > MAX_CALIBRATED_THRESHOLD or macro_f1(float(candidate)) < without - max_drop:
-            break
-        threshold = float(candidate)
+    threshold = macro_f1.highest_affordable(0.0, max_drop, cap=MAX_CALIBRATED_THRESHOLD)
     return threshold, {
         "rule": f"highest threshold (at most {MAX_CALIBRATED_THRESHOLD}) with validation macro-F1 per window "
                 f"within {max_drop} of that without rejection",
@@ -122,7 +132,7 @@ def threshold_for_rejects(
 
     The validation windows also fitted the distance Gaussians, so their rejection is
     measured in-sample: on new recordings somewhat more known windows are rejected."""
-    macro_f1 = _RejectionF1(open_set, classifier, val_embeddings, val_labels, class_names)
+    macro_f1 = RejectionF1.of(open_set, classifier, val_embeddings, val_labels, class_names)
     reject_scores = open_set.scores(reject_embeddings, classifier(reject_embeddings).argmax(1)).numpy()
     start = open_set.threshold
     at_start = macro_f1(start)

@@ -121,12 +121,13 @@ def _from_folder(folder: Path, problems: list[str], warnings: list[str]) -> list
     if not species_dirs:
         problems.append(f"{folder}: expected one sub-folder per species, found none")
     for species_dir in species_dirs:
-        files = sorted(p for p in species_dir.rglob("*") if p.is_file() and is_audio_file(p))
+        audio = sorted(p for p in species_dir.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+        files = [p for p in audio if is_audio_file(p)]
         if not files:
             problems.append(f"{species_dir}: species folder holds no audio files")
         clips += [Clip(path, species_dir.name) for path in files]
         # Hidden like the system's own files (._x.wav), but InsectSet32 has clips named ".flac".
-        hidden = sorted(p.name for p in species_dir.rglob(".*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+        hidden = [p.name for p in audio if not is_audio_file(p)]
         if hidden:
             warnings.append(f"{species_dir}: {len(hidden)} file(s) whose names start with '.' are not used "
                             f"({', '.join(hidden[:3])}{', ...' if len(hidden) > 3 else ''}); rename them to train on them")
