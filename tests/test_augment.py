@@ -42,3 +42,21 @@ def test_stretch_changes_the_pulse_rate_by_at_most_15_percent():
 def test_unknown_augmentation_is_refused():
     with pytest.raises(ValueError, match="unknown augmentation 'reverse'"):
         augment(torch.zeros(1, 3, 40, 200), ("reverse",), torch.Generator())
+
+
+def test_mix_adds_another_window_8_to_20_db_below_its_own_song():
+    x = torch.zeros(64, 3, 40, 200)
+    for i in range(64):
+        x[i, :, i % 40, :] = 1.0  # window i: a tone in band i % 40, at the peak
+    mixed = augment(x, ("mix",), torch.Generator().manual_seed(0))
+    own = torch.stack([mixed[i, :, i % 40, :] for i in range(64)])
+    assert torch.allclose(own, torch.ones_like(own), atol=1e-4), "a window's own song stays its loudest sound"
+    added = mixed.clone()
+    for i in range(64):
+        added[i, :, i % 40, :] = 0.0
+    level = added.amax(dim=(1, 2, 3))
+    heard = level > 0.01
+    assert 16 <= int(heard.sum()) <= 48, "about half the windows get a second sound"
+    # 8-20 dB below the peak on the 80 dB scale: 1 - 20/80 .. 1 - 8/80.
+    assert float(level[heard].min()) >= 0.75 - 1e-4 and float(level[heard].max()) <= 0.90 + 1e-4
+    assert len(level[heard].unique()) > 1, "every window mixed at the same level"

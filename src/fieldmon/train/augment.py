@@ -31,7 +31,7 @@ import torch
 
 # New augmentations go at the end: the order is the order of the random draws, so an
 # older run with the same names augments (and resumes) exactly as before.
-AUGMENTATIONS = ("roll", "specaugment", "noise-floor", "tilt", "stretch")
+AUGMENTATIONS = ("roll", "specaugment", "noise-floor", "tilt", "stretch", "mix")
 DEFAULT_AUGMENTATIONS = ("roll", "specaugment", "noise-floor", "tilt")
 
 
@@ -97,5 +97,19 @@ def _stretch(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return frames(before) * (1.0 - weight) + frames(after) * weight
 
 
+MIX_DB_RANGE = 80.0  # the features' scale: [0, 1] spans FeatureSettings.top_db
+
+
+def _mix(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    b = len(x)
+    partner = torch.randperm(b, generator=g).to(x.device)
+    quieter_db = 8.0 + 12.0 * torch.rand(b, generator=g)
+    gain = (10.0 ** (-quieter_db / 10.0)) * (torch.rand(b, generator=g) < 0.5)
+    decades = MIX_DB_RANGE / 10.0
+    power = 10.0 ** ((x - 1.0) * decades) + gain.view(b, 1, 1, 1).to(x) * 10.0 ** ((x[partner] - 1.0) * decades)
+    peak = power.amax(dim=(2, 3), keepdim=True)
+    return (1.0 + torch.log10(power / peak) / decades).clamp(min=0.0)
+
+
 _FUNCTIONS = {"roll": _roll, "specaugment": _specaugment, "noise-floor": _noise_floor, "tilt": _tilt,
-              "stretch": _stretch}
+              "stretch": _stretch, "mix": _mix}
