@@ -170,7 +170,9 @@ def test_train_and_evaluate_end_to_end_on_real_clips(tmp_path):
           callbacks=TrainCallbacks(message=messages.append))
     assert any("9 clips from the cache, 0 computed" in m for m in messages)
     # four steps at the paper's lr leave the network at its random start, and fieldmon says so
-    assert 0.0 < loaded.training["weight_change"] < 0.01
+    # (whichever of its three checks validation selects: with 3 files they are a coin toss)
+    assert 0.0 < loaded.metrics["selection"]["history"][-1]["weight_change"] < 0.01
+    assert loaded.training["weight_change"] < 0.01
     assert any("barely left its random start" in m for m in messages)
 
     runner = CliRunner()
