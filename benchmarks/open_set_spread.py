@@ -6,9 +6,9 @@ Each species' distance Gaussian is fitted on its validation windows, often of on
 recordings, and the threshold is calibrated on the same windows. This fits and calibrates
 on one half of the validation recordings and measures the other half: two folds by
 recording, over the species with two or more validation clips (the others are fitted in
-both folds and never measured). Two spreads: each species' own (as before
-fieldmon.model.openset had a floor) and the shipped one, at least the pooled spread of all
-species. Prints, per fold and spread: the threshold chosen, the share of held-out known
+both folds and never measured). Three spreads: each species' own (as before
+fieldmon.model.openset had a floor), at least the pooled spread of all species
+(``--open-set-spread species``), and one Gaussian shared by all (``shared``). Prints, per fold and spread: the threshold chosen, the share of held-out known
 windows rejected, their macro-F1 drop and the share of outlier windows rejected (the
 Song Meter day and the soundscape of ``--data``).
 """
@@ -40,6 +40,16 @@ def own_spreads(open_set, embeddings, labels):
     return replace(open_set, distance_mean=mean, distance_std=std)
 
 
+def species_spreads(open_set, embeddings, labels):
+    """As fieldmon train --open-set-spread species fits them: no spread below the pooled one."""
+    return replace(open_set, spread="species").refit(embeddings, labels)
+
+
+def shared_spread(open_set, embeddings, labels):
+    """As fieldmon train --open-set-spread shared fits it."""
+    return replace(open_set, spread="shared").refit(embeddings, labels)
+
+
 @dataclass
 class Embedded:
     """A model's embeddings of InsectSet32's splits and of the outlier recordings."""
@@ -67,6 +77,19 @@ def embed_all(model: str, data: Path, cache_dir: Path | None, splits: tuple[str,
     return Embedded(bundle, windows, embeddings)
 
 
+def recording_folds(val: WindowSet, n_classes: int) -> list[np.ndarray]:
+    """Two masks of the windows to fit on, each with alternate recordings of every species
+    that has two or more (one with a single recording is in both, and never held out)."""
+    folds = []
+    for fold in (0, 1):
+        fit = np.zeros(len(val.labels), bool)
+        for c in range(n_classes):
+            recordings = np.unique(val.clip_index[val.labels == c])
+            fit |= np.isin(val.clip_index, recordings if len(recordings) < 2 else recordings[fold::2])
+        folds.append(fit)
+    return folds
+
+
 def arguments(doc: str) -> argparse.Namespace:
     """--model, --data and --cache, as both open-set benchmarks take them."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -90,14 +113,9 @@ def main() -> None:
         return (open_set.scores(e, predicted) < open_set.threshold).numpy(), predicted.numpy()
 
     print(f"{len(val.labels)} validation windows of {val.clip_count()} recordings, {len(outliers)} outlier windows")
-    for fold in (0, 1):
-        fit = np.zeros(len(labels), bool)
-        for c in range(len(names)):
-            recordings = np.unique(val.clip_index[val.labels == c])
-            kept = recordings if len(recordings) < 2 else recordings[fold::2]
-            fit |= np.isin(val.clip_index, kept)
+    for fold, fit in enumerate(recording_folds(val, len(names))):
         held = ~fit
-        for spread, fitting in (("own", own_spreads), ("pooled floor", type(bundle.open_set).refit)):
+        for spread, fitting in (("own", own_spreads), ("pooled floor", species_spreads), ("shared", shared_spread)):
             open_set = fitting(bundle.open_set, embeddings[fit], labels[fit])
             threshold, _ = calibrated_threshold(open_set, bundle.classifier, embeddings[fit], labels[fit], names)
             open_set = replace(open_set, threshold=threshold)

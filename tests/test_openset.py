@@ -92,13 +92,13 @@ def test_calibrated_threshold_spends_at_most_the_allowed_f1_on_rejection():
 
     _, labels, val, open_set = _three_classes(per_class=60, spread=0.3, seed=1, threshold=0.0)
     threshold, info = calibrated_threshold(open_set, nearest_mean, val, labels, NAMES)
-    assert 0.0 < threshold <= MAX_CALIBRATED_THRESHOLD
+    assert 0.0 < threshold <= MAX_CALIBRATED_THRESHOLD["species"]
     drop = info["validation_macro_f1_without_rejection"] - info["validation_macro_f1_with_rejection"]
     assert 0.0 <= drop <= 0.03
     assert 0.0 < info["validation_windows_rejected"] < 0.2
     # a larger allowance buys a higher threshold, never above the cap
     looser, _ = calibrated_threshold(open_set, nearest_mean, val, labels, NAMES, max_drop=0.2)
-    assert threshold < looser <= MAX_CALIBRATED_THRESHOLD
+    assert threshold < looser <= MAX_CALIBRATED_THRESHOLD["species"]
     # no allowance: nothing that costs F1 is rejected
     strict, info = calibrated_threshold(open_set, nearest_mean, val, labels, NAMES, max_drop=0.0)
     assert strict <= threshold
@@ -121,3 +121,36 @@ def test_a_species_fitted_on_one_tight_recording_keeps_new_recordings_of_it():
     assert params.is_known(params.scores(new_recording, torch.tensor([0]))).item()
     # far beyond both spreads it is still rejected
     assert not params.is_known(params.scores(torch.tensor([[1.0, 0.0, 0.9]]), torch.tensor([0]))).item()
+
+
+def test_shared_spread_gives_every_class_the_gaussian_of_all_distances():
+    train = torch.tensor([[1.0, 0.2], [1.0, -0.2], [0.2, 1.0], [-0.2, 1.0]])
+    train_labels = torch.tensor([0, 0, 1, 1])
+    # validation distances: 0.1 and 0.3 from (1, 0), 0.5 from (0, 1): mean 0.3, MLE std sqrt(0.08/3)
+    val = torch.tensor([[1.1, 0.0], [1.3, 0.0], [0.0, 1.5]])
+    val_labels = torch.tensor([0, 0, 1])
+    params = fit_open_set(train, train_labels, val, val_labels, n_classes=2, threshold=0.05, spread="shared")
+    assert params.spread == "shared"
+    assert params.distance_mean.tolist() == pytest.approx([0.3, 0.3])
+    assert params.distance_std.tolist() == pytest.approx([math.sqrt(0.08 / 3)] * 2, rel=1e-5)
+    # so the score depends on the distance alone, whichever class is predicted
+    probes = torch.tensor([[1.4, 0.0], [0.0, 1.4]])
+    scores = params.scores(probes, torch.tensor([0, 1]))
+    assert scores[0].item() == pytest.approx(scores[1].item(), abs=1e-6)
+    # refitting (e.g. on int8 embeddings) keeps the spread; the JSON round trip too
+    refitted = params.refit(val * 2, val_labels)
+    assert refitted.spread == "shared" and refitted.distance_mean[0] == refitted.distance_mean[1]
+    again = type(params).from_json(params.to_json(), params.class_means)
+    assert again.spread == "shared" and torch.equal(again.scores(probes, torch.tensor([0, 1])), scores)
+
+
+def test_open_set_json_from_before_the_shared_spread_reads_as_each_species_own():
+    from fieldmon.model.openset import OpenSetParams
+
+    emb = torch.nn.functional.normalize(torch.randn(20, 4), dim=1)
+    labels = torch.arange(20) % 2
+    data = fit_open_set(emb, labels, emb, labels, 2, threshold=0.01).to_json()
+    del data["spread"]
+    assert OpenSetParams.from_json(data, torch.zeros(2, 4)).spread == "species"
+    with pytest.raises(ValueError, match="unknown open-set spread"):
+        OpenSetParams.from_json({**data, "spread": "magic"}, torch.zeros(2, 4))

@@ -216,7 +216,7 @@ def test_cli_base_training_and_resume_refusal(tmp_path):
     runner = CliRunner()
     args = ["train", str(manifest), "--out", str(tmp_path / "site"), "--base", str(tmp_path / "base"),
             "--steps", "20", "--windows-per-class", "3", "--eval-every", "10", "--cache", cache, "--dropout", "0",
-            "--freeze-trunk"]
+            "--freeze-trunk", "--open-set-spread", "shared"]
     result = runner.invoke(main, args)
     assert result.exit_code == 0, result.output
     site = load_model(tmp_path / "site")
@@ -227,6 +227,9 @@ def test_cli_base_training_and_resume_refusal(tmp_path):
     assert site.network.settings.dropout == 0.0 and site.training["settings"]["dropout"] == 0.0
     # --freeze-trunk trains the dense head only: the base's trunk comes through bit for bit
     assert site.training["trained"] == "dense head only (frozen trunk)"
+    # one distance Gaussian for all species, kept in the bundle
+    assert site.open_set.spread == "shared" and site.training["settings"]["open_set_spread"] == "shared"
+    assert len(set(site.open_set.distance_mean.tolist())) == 1 and base.open_set.spread == "species"
     for name, value in base.network.trunk.state_dict().items():
         assert torch.equal(value, site.network.trunk.state_dict()[name])
     again = runner.invoke(main, args)

@@ -177,7 +177,7 @@ def train(
         classifier, mlp_info = train_mlp(emb["train"], data.labels, emb["validation"], data.val_labels,
                                          len(class_names), settings)
         open_set = fit_open_set(emb["train"], data.labels, emb["validation"], data.val_labels,
-                                len(class_names), settings.open_set_threshold or 0.0)
+                                len(class_names), settings.open_set_threshold or 0.0, settings.open_set_spread)
         if settings.open_set_threshold is None:
             threshold, mlp_info["open_set_calibration"] = calibrated_threshold(
                 open_set, classifier, emb["validation"], data.val_labels, class_names)

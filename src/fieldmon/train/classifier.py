@@ -53,9 +53,11 @@ def train_mlp(
 # since the sounds a field recorder hears but the model does not know outnumber its
 # species; a threshold that reviewed rejects call for may spend it again on top.
 MAX_KNOWN_F1_DROP = 0.03
-# A calibrated threshold never rejects the typical known window: at 0.5 a window lies at
-# its class's mean validation distance (fieldmon.model.openset).
-MAX_CALIBRATED_THRESHOLD = 0.5
+# With each species' own spread, a calibrated threshold never rejects the typical known
+# window: at 0.5 a window lies at its class's mean validation distance
+# (fieldmon.model.openset). A shared spread says nothing of a class's typical window, and
+# only the allowance bounds it.
+MAX_CALIBRATED_THRESHOLD = {"species": 0.5, "shared": 1.0}
 
 
 class RejectionF1:
@@ -98,7 +100,7 @@ def calibrated_threshold(
     class_names: list[str],
     max_drop: float = MAX_KNOWN_F1_DROP,
 ) -> tuple[float, dict]:
-    """The highest open-set threshold (at most 0.5) up to which the validation macro-F1
+    """The highest open-set threshold (at most 0.5 with each species' own spread) up to which the validation macro-F1
     with rejection stays within ``max_drop`` of the macro-F1 without rejection: as
     many unknown sounds rejected as the known species can afford.
 
@@ -106,9 +108,10 @@ def calibrated_threshold(
     new recordings of the known species somewhat more windows are rejected."""
     macro_f1 = RejectionF1.of(open_set, classifier, val_embeddings, val_labels, class_names)
     without = macro_f1(0.0)
-    threshold = macro_f1.highest_affordable(0.0, max_drop, cap=MAX_CALIBRATED_THRESHOLD)
+    cap = MAX_CALIBRATED_THRESHOLD[open_set.spread]
+    threshold = macro_f1.highest_affordable(0.0, max_drop, cap=cap)
     return threshold, {
-        "rule": f"highest threshold (at most {MAX_CALIBRATED_THRESHOLD}) with validation macro-F1 per window "
+        "rule": f"highest threshold (at most {cap:g}) with validation macro-F1 per window "
                 f"within {max_drop} of that without rejection",
         "threshold": threshold, "validation_macro_f1_without_rejection": without,
         "validation_macro_f1_with_rejection": macro_f1(threshold),
