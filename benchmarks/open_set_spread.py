@@ -8,7 +8,8 @@ on one half of the validation recordings and measures the other half: two folds 
 recording, over the species with two or more validation clips (the others are fitted in
 both folds and never measured). Three spreads: each species' own (as before
 fieldmon.model.openset had a floor), at least the pooled spread of all species
-(``--open-set-spread species``), and one Gaussian shared by all (``shared``). Prints, per fold and spread: the threshold chosen, the share of held-out known
+(``fieldmon train --open-set species``), and one Gaussian shared by all (``shared``),
+whatever open set the model has. Prints, per fold and spread: the threshold chosen, the share of held-out known
 windows rejected, their macro-F1 drop and the share of outlier windows rejected (the
 Song Meter day and the soundscape of ``--data``).
 """
@@ -33,6 +34,7 @@ from fieldmon.train.dataset import load_clips
 
 def own_spreads(open_set, embeddings, labels):
     """The distance Gaussians of the species in ``labels``, each with its own spread."""
+    open_set = gaussian(open_set, "species")
     mean, std = open_set.distance_mean.clone(), open_set.distance_std.clone()
     for c in labels.unique().tolist():
         d = torch.linalg.vector_norm(embeddings[labels == c] - open_set.class_means[c], dim=1)
@@ -41,13 +43,17 @@ def own_spreads(open_set, embeddings, labels):
 
 
 def species_spreads(open_set, embeddings, labels):
-    """As fieldmon train --open-set-spread species fits them: no spread below the pooled one."""
-    return replace(open_set, spread="species").refit(embeddings, labels)
+    """As fieldmon train --open-set species fits them: no spread below the pooled one."""
+    return gaussian(open_set, "species").refit(embeddings, labels)
 
 
 def shared_spread(open_set, embeddings, labels):
-    """As fieldmon train --open-set-spread shared fits it."""
-    return replace(open_set, spread="shared").refit(embeddings, labels)
+    """As fieldmon train --open-set shared fits it."""
+    return gaussian(open_set, "shared").refit(embeddings, labels)
+
+
+def gaussian(open_set, spread):
+    return replace(open_set, rule="upper_tail_gaussian", spread=spread, reference=None)
 
 
 @dataclass

@@ -1,13 +1,15 @@
-"""Fit the open set of a trained bundle again, in place, as `fieldmon train
---open-set-spread SPREAD` fits it: the distance Gaussians on the validation windows
-(fieldmon.model.openset), for fp32 and, when the bundle has one, for its int8 trunk; then
-the calibrated threshold (``--open-set-threshold auto``), the highest whose validation
+"""Fit the open set of a trained bundle again, in place, as `fieldmon train --open-set
+KIND` fits it (fieldmon.model.openset.fit_open_set; KIND species, shared or
+nearest-window): the class means on the training windows (cut every 2 s, as the
+validation windows), the distance Gaussians on the validation windows, for fp32 and,
+when the bundle has one, for its int8 trunk; then the calibrated threshold (``--open-set-threshold auto``), the highest whose validation
 macro-F1 per window with rejection stays within 0.03 of that without. The weights, the
-MLP and the class means stay, and so does the model id; model.json's open set, its
+MLP stay; with nearest-window the weights file gains the training embeddings (so the
+model id changes: run fieldmon quantize again for int8); model.json's open set, its
 calibration and its validation metrics change (the training settings keep what the model
 was trained with).
 
-    python models/calibrate_open_set.py models/default ../shared/data/insectset32/manifest.csv shared
+    python models/calibrate_open_set.py models/default ../shared/data/insectset32/manifest.csv nearest-window
 """
 
 from __future__ import annotations
@@ -29,27 +31,37 @@ from fieldmon.train.classifier import calibrated_threshold
 from fieldmon.train.dataset import load_clips
 
 
-def main(model: str, manifest: str, spread: str = "species") -> None:
+def main(model: str, manifest: str, kind: str = "species") -> None:
     directory = Path(model)
     bundle = load_model(directory)
     clips = load_clips(manifest, known_labels=bundle.class_names)
     cache = FeatureCache(None, bundle.feature_settings, EVALUATION_HOP_SECONDS)
+
+    @torch.no_grad()
+    def embed(features):
+        return torch.cat([bundle.network(torch.from_numpy(features[i:i + 64])) for i in range(0, len(features), 64)])
+
     val = build_window_set(clips.in_split("validation"), bundle.class_names, cache)
-    labels = torch.from_numpy(val.labels)
-    with torch.no_grad():
-        embeddings = torch.cat([bundle.network(torch.from_numpy(val.features[i:i + 64]))
-                                for i in range(0, len(val.features), 64)])
-    refitted = replace(bundle.open_set, spread=spread).refit(embeddings, labels)
+    embeddings, labels = embed(val.features), torch.from_numpy(val.labels)
+    open_set = replace(bundle.open_set, rule="upper_tail_gaussian", spread="shared" if kind == "shared" else "species",
+                       reference=None)
+    if kind == "nearest-window":
+        train = build_window_set(clips.in_split("train"), bundle.class_names, cache)
+        open_set = replace(open_set, rule="nearest_window", reference=embed(train.features))
+    refitted = open_set.refit(embeddings, labels)
     threshold, calibration = calibrated_threshold(refitted, bundle.classifier, embeddings, labels, bundle.class_names)
     bundle.open_set = replace(refitted, threshold=threshold)
+    bundle.metrics["open_set_calibration"] = {**calibration, "by": f"models/calibrate_open_set.py {kind}, after training"}
+    bundle.metrics["validation"] = metrics_summary(evaluate_windows(bundle, val.features, val.labels, val.clip_index))
+    before = json.loads((directory / "model.json").read_text())
+    bundle.save(directory)
     meta = json.loads((directory / "model.json").read_text())
-    meta["open_set"] = bundle.open_set.to_json()
-    meta["metrics"]["open_set_calibration"] = {**calibration, "by": f"models/calibrate_open_set.py {spread}, after training"}
-    meta["metrics"]["validation"] = metrics_summary(evaluate_windows(bundle, val.features, val.labels, val.clip_index))
-    if "int8" in meta and "open_set" in meta["int8"]:
+    if "int8" in before and before["int8"]["weights_sha256"] == meta["weights_sha256"]:
         trunk = OnnxTrunk(directory / INT8_NAME, torch.get_num_threads())
-        meta["int8"]["open_set"] = int8_open_set(bundle, trunk, val.features, val.labels)
-    atomic_write(directory / "model.json", (json.dumps(meta, indent=2) + "\n").encode())
+        meta["int8"] = {**before["int8"], "open_set": int8_open_set(bundle, trunk, val.features, val.labels)}
+        atomic_write(directory / "model.json", (json.dumps(meta, indent=2) + "\n").encode())
+    elif "int8" in before:
+        print(f"the weights file changed (model id {meta['model_id']}): run fieldmon quantize again for int8")
     print(json.dumps(calibration, indent=2))
 
 

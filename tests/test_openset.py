@@ -88,17 +88,17 @@ def test_threshold_rises_to_reject_reviewed_outliers_within_the_allowed_f1_drop(
 
 
 def test_calibrated_threshold_spends_at_most_the_allowed_f1_on_rejection():
-    from fieldmon.train.classifier import MAX_CALIBRATED_THRESHOLD, calibrated_threshold
+    from fieldmon.train.classifier import calibrated_threshold
 
     _, labels, val, open_set = _three_classes(per_class=60, spread=0.3, seed=1, threshold=0.0)
     threshold, info = calibrated_threshold(open_set, nearest_mean, val, labels, NAMES)
-    assert 0.0 < threshold <= MAX_CALIBRATED_THRESHOLD["species"]
+    assert open_set.calibration_cap == 0.5 and 0.0 < threshold <= 0.5
     drop = info["validation_macro_f1_without_rejection"] - info["validation_macro_f1_with_rejection"]
     assert 0.0 <= drop <= 0.03
     assert 0.0 < info["validation_windows_rejected"] < 0.2
     # a larger allowance buys a higher threshold, never above the cap
     looser, _ = calibrated_threshold(open_set, nearest_mean, val, labels, NAMES, max_drop=0.2)
-    assert threshold < looser <= MAX_CALIBRATED_THRESHOLD["species"]
+    assert threshold < looser <= 0.5
     # no allowance: nothing that costs F1 is rejected
     strict, info = calibrated_threshold(open_set, nearest_mean, val, labels, NAMES, max_drop=0.0)
     assert strict <= threshold
@@ -129,7 +129,7 @@ def test_shared_spread_gives_every_class_the_gaussian_of_all_distances():
     # validation distances: 0.1 and 0.3 from (1, 0), 0.5 from (0, 1): mean 0.3, MLE std sqrt(0.08/3)
     val = torch.tensor([[1.1, 0.0], [1.3, 0.0], [0.0, 1.5]])
     val_labels = torch.tensor([0, 0, 1])
-    params = fit_open_set(train, train_labels, val, val_labels, n_classes=2, threshold=0.05, spread="shared")
+    params = fit_open_set(train, train_labels, val, val_labels, n_classes=2, threshold=0.05, kind="shared")
     assert params.spread == "shared"
     assert params.distance_mean.tolist() == pytest.approx([0.3, 0.3])
     assert params.distance_std.tolist() == pytest.approx([math.sqrt(0.08 / 3)] * 2, rel=1e-5)
@@ -154,3 +154,25 @@ def test_open_set_json_from_before_the_shared_spread_reads_as_each_species_own()
     assert OpenSetParams.from_json(data, torch.zeros(2, 4)).spread == "species"
     with pytest.raises(ValueError, match="unknown open-set spread"):
         OpenSetParams.from_json({**data, "spread": "magic"}, torch.zeros(2, 4))
+
+
+def test_nearest_window_scores_the_cosine_similarity_to_the_closest_training_window():
+    from fieldmon.model.openset import OpenSetParams
+
+    train = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    train_labels = torch.tensor([0, 1, 1])
+    params = fit_open_set(train, train_labels, train, train_labels, 2, threshold=0.9, kind="nearest-window")
+    assert params.rule == "nearest_window" and params.calibration_cap == 1.0
+    probes = torch.tensor([[1.0, 0.0], [0.8, 0.6], [-1.0, 0.0]])
+    # nearest: itself (cos 1); (0.6, 0.8) with cos 0.96 (not the class-0 window, 0.8); (0, 1) with cos 0
+    # (1 + cos) / 2, whichever class is predicted
+    expected = [1.0, 0.98, 0.5]
+    for predicted in (torch.tensor([0, 0, 0]), torch.tensor([1, 1, 1])):
+        assert params.scores(probes, predicted).tolist() == pytest.approx(expected, abs=1e-6)
+    assert params.is_known(params.scores(probes, torch.tensor([0, 0, 0]))).tolist() == [True, True, False]
+    again = OpenSetParams.from_json(params.to_json(), params.class_means, params.reference)
+    assert again.rule == "nearest_window" and torch.equal(again.reference, train)
+    with pytest.raises(ValueError, match="no open_set.reference"):
+        OpenSetParams.from_json(params.to_json(), params.class_means)
+    with pytest.raises(ValueError, match="open-set kind"):
+        fit_open_set(train, train_labels, train, train_labels, 2, 0.5, kind="nearest")

@@ -4,6 +4,7 @@ import csv
 import json
 import os
 import signal
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from fieldmon.cli import main
 from fieldmon.model.compact import CompactSettings
 from fieldmon.model.network import MultiscaleCNN, NetworkSettings
 from fieldmon.train.api import TrainCallbacks, train
+from fieldmon.train.cache import EVALUATION_HOP_SECONDS, FeatureCache
 from fieldmon.train.loop import TrainingData, TrainingLoop
 from fieldmon.train.settings import TrainSettings
 
@@ -165,10 +167,16 @@ def test_train_and_evaluate_end_to_end_on_real_clips(tmp_path):
     assert {r["split"] for r in split} == {"train", "validation"} and len(split) == 9
 
     # features come from the cache the second time
+    # (this time with the nearest-window open set: the training clips' 2 s windows go in the bundle)
     messages = []
-    train(manifest, tmp_path / "model2", settings, cache_dir=cache, network_settings=TINY,
-          callbacks=TrainCallbacks(message=messages.append))
+    train(manifest, tmp_path / "model2", replace(settings, open_set="nearest-window"), cache_dir=cache,
+          network_settings=TINY, callbacks=TrainCallbacks(message=messages.append))
     assert any("9 clips from the cache, 0 computed" in m for m in messages)
+    nearest = load_model(tmp_path / "model2")
+    every_2s = FeatureCache(cache, nearest.feature_settings, EVALUATION_HOP_SECONDS)
+    windows = sum(len(every_2s.clip_features(Path(r["path"]))) for r in split if r["split"] == "train")
+    assert nearest.open_set.rule == "nearest_window"
+    assert tuple(nearest.open_set.reference.shape) == (windows, nearest.network.settings.embedding_dim)
     # four steps at the paper's lr leave the network at its random start, and fieldmon says so
     # (whichever of its three checks validation selects: with 3 files they are a coin toss)
     assert 0.0 < loaded.metrics["selection"]["history"][-1]["weight_change"] < 0.01
@@ -216,7 +224,7 @@ def test_cli_base_training_and_resume_refusal(tmp_path):
     runner = CliRunner()
     args = ["train", str(manifest), "--out", str(tmp_path / "site"), "--base", str(tmp_path / "base"),
             "--steps", "20", "--windows-per-class", "3", "--eval-every", "10", "--cache", cache, "--dropout", "0",
-            "--freeze-trunk", "--open-set-spread", "shared"]
+            "--freeze-trunk", "--open-set", "shared"]
     result = runner.invoke(main, args)
     assert result.exit_code == 0, result.output
     site = load_model(tmp_path / "site")
@@ -228,7 +236,7 @@ def test_cli_base_training_and_resume_refusal(tmp_path):
     # --freeze-trunk trains the dense head only: the base's trunk comes through bit for bit
     assert site.training["trained"] == "dense head only (frozen trunk)"
     # one distance Gaussian for all species, kept in the bundle
-    assert site.open_set.spread == "shared" and site.training["settings"]["open_set_spread"] == "shared"
+    assert site.open_set.spread == "shared" and site.training["settings"]["open_set"] == "shared"
     assert len(set(site.open_set.distance_mean.tolist())) == 1 and base.open_set.spread == "species"
     for name, value in base.network.trunk.state_dict().items():
         assert torch.equal(value, site.network.trunk.state_dict()[name])

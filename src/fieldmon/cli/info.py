@@ -81,7 +81,7 @@ def summary(bundle: ModelBundle, meta: dict, path: Path) -> list[tuple[str, str]
         how = (f"calibrated: rejects {calibration['validation_windows_rejected']:.0%} of the validation windows, "
                f"macro-F1 {calibration['validation_macro_f1_without_rejection']:.3f} -> "
                f"{calibration['validation_macro_f1_with_rejection']:.3f}; " if calibration else "")
-        lines.append(("open set", f"{bundle.open_set.rule} ({bundle.open_set.spread} spread), threshold {bundle.open_set.threshold:.3g} ({how}a window "
+        lines.append(("open set", f"{_open_set_kind(bundle.open_set)}, threshold {bundle.open_set.threshold:.3g} ({how}a window "
                                   "whose open-set score is below it is labelled unknown)"))
     int8 = meta.get("int8")
     lines.append(("int8", f"{int8.get('file')} ({int8.get('calibration_windows')} calibration windows)" if int8
@@ -156,3 +156,9 @@ def duration(seconds: float) -> str:
         return f"{hours} h {minutes} min"
     minutes, secs = divmod(round(seconds), 60)
     return f"{minutes} min {secs} s" if minutes else f"{secs} s"
+
+
+def _open_set_kind(open_set) -> str:
+    if open_set.rule == "nearest_window":
+        return f"nearest_window ({len(open_set.reference)} training windows)"
+    return f"{open_set.rule} ({open_set.spread} spread)"

@@ -193,11 +193,13 @@ class Duration(click.ParamType):
               help="Steps between checkpoints in OUT/checkpoint (for --resume).")
 @click.option("--open-set-threshold", type=ThresholdOrAuto(), default=None,
               help="Reject a window as unknown when its open-set score is below this (0 to 1). Default: auto, "
-                   "the highest threshold (at most 0.5 with --open-set-spread species) that costs at most 0.03 "
+                   "the highest threshold (at most 0.5 with --open-set species) that costs at most 0.03 "
                    "of validation macro-F1.")
-@click.option("--open-set-spread", type=click.Choice(["species", "shared"]), default=None,
-              help="The open set's distance Gaussians: each species' own, or one shared by all species (better "
-                   "on held-out recordings for the default model; README, 'Open-set rejection'). Default: species.")
+@click.option("--open-set", type=click.Choice(["species", "shared", "nearest-window"]), default=None,
+              help="How a window is scored as known: by its distance to the predicted species' mean under that "
+                   "species' own Gaussian (species) or one shared by all species (shared), or by its similarity "
+                   "to the nearest training window (nearest-window; README, 'Open-set rejection'). "
+                   "Default: species.")
 @click.option("--band-limit", type=BandLimit(), default=None,
               help="Leave the Mel bands above this frequency (Hz) empty in every window, in training and in "
                    "scans. Default: auto, the lowest Nyquist frequency among the clips, so that clips recorded at "

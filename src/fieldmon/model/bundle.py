@@ -4,7 +4,7 @@
       model.json          format, version, model id, feature and network settings,
                           class names, open-set parameters, training settings,
                           metrics, provenance, sha256 of the weights
-      model.safetensors   network.*, classifier.*, open_set.class_means
+      model.safetensors   network.*, classifier.*, open_set.class_means (and open_set.reference)
 
 Pickle is never read: a bundle is data, not code. Loading checks the format
 version, the weights' checksum, and that every tensor has the shape the
@@ -118,6 +118,8 @@ class ModelBundle:
             out.update({f"classifier.{k}": v for k, v in self.classifier.state_dict().items()})
         if self.open_set is not None:
             out["open_set.class_means"] = self.open_set.class_means
+            if self.open_set.reference is not None:
+                out["open_set.reference"] = self.open_set.reference
         return {k: v.detach().cpu().contiguous() for k, v in out.items()}
 
     def save(self, directory: str | os.PathLike) -> Path:
@@ -185,7 +187,8 @@ class ModelBundle:
             classifier.load_state_dict(_section(tensors, "classifier."), strict=True)
         open_set = None
         if meta["open_set"] is not None:
-            open_set = OpenSetParams.from_json(meta["open_set"], tensors["open_set.class_means"])
+            open_set = OpenSetParams.from_json(meta["open_set"], tensors["open_set.class_means"],
+                                               tensors.get("open_set.reference"))
             expected = (len(class_names), network_settings.embedding_dim)
             if tuple(open_set.class_means.shape) != expected or len(open_set.distance_mean) != len(class_names):
                 raise ValueError(f"open-set parameters do not match {len(class_names)} classes")

@@ -25,6 +25,14 @@ one or two validation recordings; a class's next recording lies further out than
 they say. On an embedding that sets unknown sounds apart, one shared Gaussian carried
 over to held-out recordings far better (README, "Open-set rejection"); on one that
 does not, it rejected far fewer of them.
+
+``rule="nearest_window"`` scores a window by its cosine similarity to the nearest
+training window of any species, (1 + cos) / 2, so the bundle carries the training
+embeddings (``reference``). A sound near none of the recordings the model learnt from
+is unknown, whatever the class means say.
+
+``fit_open_set``'s ``kind`` names the three: "species" (each species' Gaussian, no
+spread below the pooled one), "shared" and "nearest-window".
 """
 
 from __future__ import annotations
@@ -37,6 +45,8 @@ import torch
 
 MIN_STD = 1e-3  # a class with one validation window still gets a usable spread
 SPREADS = ("species", "shared")
+RULES = ("upper_tail_gaussian", "nearest_window")
+OPEN_SET_KINDS = ("species", "shared", "nearest-window")
 
 
 @dataclass
@@ -45,22 +55,35 @@ class OpenSetParams:
     distance_mean: torch.Tensor  # [C]
     distance_std: torch.Tensor  # [C]
     threshold: float
-    rule: str = "upper_tail_gaussian"
+    rule: str = "upper_tail_gaussian"  # one of RULES
     spread: str = "species"  # one of SPREADS
+    reference: torch.Tensor | None = None  # [N, D] training embeddings, for rule "nearest_window"
+
+    @property
+    def calibration_cap(self) -> float:
+        """The highest threshold calibration may choose. With each species' own spread a
+        calibrated threshold never rejects the typical known window: at 0.5 a window lies
+        at its species' mean validation distance. The other rules say nothing of a
+        species' typical window, and only the allowed macro-F1 drop bounds them."""
+        return 0.5 if self.rule == "upper_tail_gaussian" and self.spread == "species" else 1.0
 
     def to_json(self) -> dict:
         return {
             "rule": self.rule,
             "spread": self.spread,
+            **({"reference_windows": len(self.reference)} if self.reference is not None else {}),
             "threshold": self.threshold,
             "distance_mean": [float(v) for v in self.distance_mean],
             "distance_std": [float(v) for v in self.distance_std],
         }
 
     @classmethod
-    def from_json(cls, data: dict, class_means: torch.Tensor) -> OpenSetParams:
-        if data.get("rule") != "upper_tail_gaussian":
-            raise ValueError(f"unknown open-set rule {data.get('rule')!r}")
+    def from_json(cls, data: dict, class_means: torch.Tensor, reference: torch.Tensor | None = None) -> OpenSetParams:
+        rule = data.get("rule")
+        if rule not in RULES:
+            raise ValueError(f"unknown open-set rule {rule!r}")
+        if rule == "nearest_window" and reference is None:
+            raise ValueError("open-set rule nearest_window: the weights hold no open_set.reference embeddings")
         spread = data.get("spread", "species")  # bundles from before the shared spread
         if spread not in SPREADS:
             raise ValueError(f"unknown open-set spread {spread!r}")
@@ -69,7 +92,9 @@ class OpenSetParams:
             distance_mean=torch.tensor(data["distance_mean"], dtype=torch.float32),
             distance_std=torch.tensor(data["distance_std"], dtype=torch.float32),
             threshold=float(data["threshold"]),
+            rule=rule,
             spread=spread,
+            reference=reference if rule == "nearest_window" else None,
         )
 
     def to(self, device: torch.device | str) -> OpenSetParams:
@@ -80,10 +105,15 @@ class OpenSetParams:
             self.threshold,
             self.rule,
             self.spread,
+            None if self.reference is None else self.reference.to(device),
         )
 
     def scores(self, embeddings: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:
-        """Upper-tail probability of each window's distance to its predicted class."""
+        """Upper-tail probability of each window's distance to its predicted class; with
+        rule "nearest_window", (1 + cosine similarity to the nearest training window) / 2."""
+        if self.rule == "nearest_window":
+            similarity = (embeddings @ self.reference.to(embeddings.dtype).T).max(dim=1).values
+            return (1.0 + similarity.clamp(-1.0, 1.0)) / 2.0
         distance = torch.linalg.vector_norm(embeddings - self.class_means[predicted], dim=1)
         z = (distance - self.distance_mean[predicted]) / self.distance_std[predicted]
         return 0.5 * torch.erfc(z / math.sqrt(2.0))
@@ -122,8 +152,12 @@ def fit_open_set(
     val_labels: torch.Tensor,
     n_classes: int,
     threshold: float,
-    spread: str = "species",
+    kind: str = "species",
 ) -> OpenSetParams:
+    """Class means from the training embeddings, then the open set ``kind`` names (one
+    of OPEN_SET_KINDS) on the validation embeddings."""
+    if kind not in OPEN_SET_KINDS:
+        raise ValueError(f"open-set kind must be one of {', '.join(OPEN_SET_KINDS)}, not {kind!r}")
     means = torch.zeros(n_classes, train_embeddings.shape[1])
     for c in range(n_classes):
         train_c = train_embeddings[train_labels == c]
@@ -131,8 +165,10 @@ def fit_open_set(
             raise ValueError(f"class {c} has no training embeddings")
         means[c] = train_c.mean(dim=0)
     unfitted = OpenSetParams(means, torch.zeros(n_classes), torch.full((n_classes,), MIN_STD), threshold,
-                             spread=spread)
-    if spread == "shared":
+                             spread="shared" if kind == "shared" else "species")
+    if kind == "nearest-window":
+        unfitted = replace(unfitted, rule="nearest_window", reference=train_embeddings.detach().clone())
+    if kind == "shared":
         return unfitted.refit(val_embeddings, val_labels)
     # Without validation windows, the training distances are the only evidence.
     return unfitted.refit(train_embeddings, train_labels).refit(val_embeddings, val_labels)

@@ -53,11 +53,6 @@ def train_mlp(
 # since the sounds a field recorder hears but the model does not know outnumber its
 # species; a threshold that reviewed rejects call for may spend it again on top.
 MAX_KNOWN_F1_DROP = 0.03
-# With each species' own spread, a calibrated threshold never rejects the typical known
-# window: at 0.5 a window lies at its class's mean validation distance
-# (fieldmon.model.openset). A shared spread says nothing of a class's typical window, and
-# only the allowance bounds it.
-MAX_CALIBRATED_THRESHOLD = {"species": 0.5, "shared": 1.0}
 
 
 class RejectionF1:
@@ -108,7 +103,7 @@ def calibrated_threshold(
     new recordings of the known species somewhat more windows are rejected."""
     macro_f1 = RejectionF1.of(open_set, classifier, val_embeddings, val_labels, class_names)
     without = macro_f1(0.0)
-    cap = MAX_CALIBRATED_THRESHOLD[open_set.spread]
+    cap = open_set.calibration_cap
     threshold = macro_f1.highest_affordable(0.0, max_drop, cap=cap)
     return threshold, {
         "rule": f"highest threshold (at most {cap:g}) with validation macro-F1 per window "

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from fieldmon.model.networks import NETWORKS
-from fieldmon.model.openset import SPREADS
+from fieldmon.model.openset import OPEN_SET_KINDS
 from fieldmon.settings import settings_from_dict, settings_to_dict
 from fieldmon.train.augment import AUGMENTATIONS, DEFAULT_AUGMENTATIONS
 from fieldmon.train.bands import BAND_LIMIT_CHOICES
@@ -84,9 +84,9 @@ class TrainSettings:
     mlp_patience: int = 100
     # None: calibrated on the validation split (fieldmon.train.classifier.calibrated_threshold).
     open_set_threshold: float | None = None
-    # The open set's distance Gaussians: each species' own ("species") or one for all
-    # ("shared"); fieldmon.model.openset.
-    open_set_spread: str = "species"
+    # How the open set scores a window (fieldmon.model.openset.fit_open_set): "species",
+    # "shared" or "nearest-window".
+    open_set: str = "species"
     # With a base model: train only the dense head, on the base trunk's outputs (fast).
     freeze_trunk: bool = False
     # With a base model, before the whole network: this many steps of the dense head alone
@@ -103,8 +103,8 @@ class TrainSettings:
     def __post_init__(self) -> None:
         if self.open_set_threshold is not None and not 0.0 <= self.open_set_threshold <= 1.0:
             raise ValueError(f"open_set_threshold must be from 0 to 1 (or None: calibrated), not {self.open_set_threshold}")
-        if self.open_set_spread not in SPREADS:
-            raise ValueError(f"open_set_spread must be one of {', '.join(SPREADS)}, not {self.open_set_spread!r}")
+        if self.open_set not in OPEN_SET_KINDS:
+            raise ValueError(f"open_set must be one of {', '.join(OPEN_SET_KINDS)}, not {self.open_set!r}")
         if self.network not in NETWORKS:
             raise ValueError(f"network must be one of {', '.join(NETWORKS)}, not {self.network!r}")
         if self.optimizer not in OPTIMIZERS:
