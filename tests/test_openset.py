@@ -176,3 +176,21 @@ def test_nearest_window_scores_the_cosine_similarity_to_the_closest_training_win
         OpenSetParams.from_json(params.to_json(), params.class_means)
     with pytest.raises(ValueError, match="open-set kind"):
         fit_open_set(train, train_labels, train, train_labels, 2, 0.5, kind="nearest")
+
+
+def test_calibration_rejects_what_scores_below_every_known_window_even_when_one_window_costs_too_much():
+    import numpy as np
+
+    from fieldmon.train.classifier import RejectionF1
+
+    # one validation window per species, all right: rejecting any costs a third of macro-F1
+    scores, labels = np.array([0.6, 0.7, 0.8]), np.array([0, 1, 2])
+    f1 = RejectionF1(scores, labels, labels, ["a", "b", "c"])
+    threshold = f1.highest_affordable(0.0, 0.03, cap=0.5)
+    assert threshold == 0.5  # the free range reaches the cap first
+    threshold = f1.highest_affordable(0.0, 0.03, cap=1.0)
+    assert threshold == 0.6 and f1(threshold) == 1.0  # no known window rejected...
+    assert 0.55 < threshold  # ...but a sound scoring below them all is
+    # with room for one window the search goes on past the free range as before
+    many = RejectionF1(np.linspace(0.1, 0.9, 60), np.repeat([0, 1, 2], 20), np.repeat([0, 1, 2], 20), ["a", "b", "c"])
+    assert many.highest_affordable(0.0, 0.03) > 0.1

@@ -74,9 +74,11 @@ class RejectionF1:
 
     def highest_affordable(self, start: float, max_drop: float, cap: float = np.inf) -> float:
         """The highest threshold, from ``start`` up to ``cap``, whose macro-F1 stays within
-        ``max_drop`` of that at ``start``. Each candidate rejects one more window than the
-        one below it; the first that costs too much ends the search."""
-        floor, threshold = self(start) - max_drop, start
+        ``max_drop`` of that at ``start``. Up to the lowest score nothing is rejected, so
+        that much is free even when a single window costs more than ``max_drop`` (a few
+        validation windows per species). Each candidate above it rejects one more window
+        than the one below it; the first that costs too much ends the search."""
+        floor, threshold = self(start) - max_drop, max(start, min(float(self.scores.min()), cap))
         for candidate in np.unique(np.nextafter(self.scores, np.inf)):
             if candidate <= start:
                 continue
