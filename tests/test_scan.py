@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -162,6 +163,18 @@ def test_second_scan_on_the_same_output_is_refused(tmp_path, tiny_model):
         with pytest.raises(ScanLocked, match="being written by another scan"):
             scan(rec, out, tiny_model)
     assert scan(rec, out, tiny_model).files_ok == 1  # the lock went with its holder
+
+
+def test_an_output_deleted_without_its_files_table_is_refused_not_skipped(tmp_path, tiny_model):
+    rec = tmp_path / "rec"
+    write_wav(rec / "a.wav", 2.0)
+    out = tmp_path / "det.parquet"
+    scan(rec, out, tiny_model)
+    shutil.rmtree(out)  # the files table beside it still lists a.wav as scanned
+    result = CliRunner().invoke(main, ["scan", str(rec), "--out", str(out), "--model", str(tiny_model)])
+    assert result.exit_code == 1 and "det.files.parquet lists files of an earlier scan" in result.output, result.output
+    shutil.rmtree(files_table_path(out))
+    assert scan(rec, out, tiny_model).files_ok == 1
 
 
 def test_changed_settings_are_refused_naming_each_setting_that_differs(tmp_path, tiny_model, accepting_model):

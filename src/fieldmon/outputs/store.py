@@ -101,6 +101,11 @@ class DetectionStore:
     def open(self) -> DetectionStore:
         if self.out.exists() and not self.out.is_dir():
             raise StoreError(f"{self.out} exists and is not a fieldmon output directory")
+        if (self.scan_key is not None and not (self.meta_dir / SCAN_JSON).exists() and self.files_dir.is_dir()
+                and self._parts(self.files_dir)):
+            # Its files would count as scanned, and their detections are gone.
+            raise StoreError(f"{self.files_dir} lists files of an earlier scan whose detections ({self.out}) are "
+                             f"gone; delete {self.files_dir} to scan them again, or restore {self.out}")
         try:
             self.meta_dir.mkdir(parents=True, exist_ok=True)
             self.files_dir.mkdir(parents=True, exist_ok=True)
