@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from open_set_spread import arguments, embed_all, gaussian, recording_folds
+from open_set_spread import arguments, embed_all, recording_folds
 
 from fieldmon.evaluation.metrics import classification_report
 from fieldmon.train.classifier import MAX_KNOWN_F1_DROP, RejectionF1
@@ -43,7 +43,7 @@ def open_set_scores(bundle, train: torch.Tensor, train_labels: torch.Tensor, e: 
     diff = e[:, None, :] - means[None]
     mahalanobis = torch.einsum("ncd,de,nce->nc", diff, precision, diff)
     similarity = e @ train.T  # embeddings are L2-normalised: cosine similarity
-    on_train = gaussian(bundle.open_set, "species").refit(train, train_labels)
+    on_train = bundle.open_set.as_kind("species").refit(train, train_labels)
     return {k: v.numpy() for k, v in {
         "shipped: the model's own open set": bundle.open_set.scores(e, predicted),
         "tail probability, fitted on train": on_train.scores(e, predicted),

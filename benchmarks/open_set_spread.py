@@ -34,7 +34,7 @@ from fieldmon.train.dataset import load_clips
 
 def own_spreads(open_set, embeddings, labels):
     """The distance Gaussians of the species in ``labels``, each with its own spread."""
-    open_set = gaussian(open_set, "species")
+    open_set = open_set.as_kind("species")
     mean, std = open_set.distance_mean.clone(), open_set.distance_std.clone()
     for c in labels.unique().tolist():
         d = torch.linalg.vector_norm(embeddings[labels == c] - open_set.class_means[c], dim=1)
@@ -44,16 +44,12 @@ def own_spreads(open_set, embeddings, labels):
 
 def species_spreads(open_set, embeddings, labels):
     """As fieldmon train --open-set species fits them: no spread below the pooled one."""
-    return gaussian(open_set, "species").refit(embeddings, labels)
+    return open_set.as_kind("species").refit(embeddings, labels)
 
 
 def shared_spread(open_set, embeddings, labels):
     """As fieldmon train --open-set shared fits it."""
-    return gaussian(open_set, "shared").refit(embeddings, labels)
-
-
-def gaussian(open_set, spread):
-    return replace(open_set, rule="upper_tail_gaussian", spread=spread, reference=None)
+    return open_set.as_kind("shared").refit(embeddings, labels)
 
 
 @dataclass

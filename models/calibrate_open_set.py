@@ -1,13 +1,12 @@
 """Fit the open set of a trained bundle again, in place, as `fieldmon train --open-set
-KIND` fits it (fieldmon.model.openset.fit_open_set; KIND species, shared or
-nearest-window): the class means on the training windows (cut every 2 s, as the
-validation windows), the distance Gaussians on the validation windows, for fp32 and,
-when the bundle has one, for its int8 trunk; then the calibrated threshold (``--open-set-threshold auto``), the highest whose validation
-macro-F1 per window with rejection stays within 0.03 of that without. The weights, the
-MLP stay; with nearest-window the weights file gains the training embeddings (so the
-model id changes: run fieldmon quantize again for int8); model.json's open set, its
-calibration and its validation metrics change (the training settings keep what the model
-was trained with).
+KIND` fits it (KIND species, shared or nearest-window; fieldmon.model.openset): the
+distance Gaussians on the validation windows, for fp32 and, when the bundle has one, for
+its int8 trunk; for nearest-window the embeddings of the training clips cut every 2 s as
+the reference; then the calibrated threshold (``--open-set-threshold auto``). The weights,
+the MLP and the class means stay. With nearest-window the weights file gains the
+reference, so the model id changes and int8 needs fieldmon quantize again. model.json's
+open set, its calibration and its validation metrics change (the training settings keep
+what the model was trained with).
 
     python models/calibrate_open_set.py models/default ../shared/data/insectset32/manifest.csv nearest-window
 """
@@ -43,12 +42,10 @@ def main(model: str, manifest: str, kind: str = "species") -> None:
 
     val = build_window_set(clips.in_split("validation"), bundle.class_names, cache)
     embeddings, labels = embed(val.features), torch.from_numpy(val.labels)
-    open_set = replace(bundle.open_set, rule="upper_tail_gaussian", spread="shared" if kind == "shared" else "species",
-                       reference=None)
+    reference = None
     if kind == "nearest-window":
-        train = build_window_set(clips.in_split("train"), bundle.class_names, cache)
-        open_set = replace(open_set, rule="nearest_window", reference=embed(train.features))
-    refitted = open_set.refit(embeddings, labels)
+        reference = embed(build_window_set(clips.in_split("train"), bundle.class_names, cache).features)
+    refitted = bundle.open_set.as_kind(kind, reference).refit(embeddings, labels)
     threshold, calibration = calibrated_threshold(refitted, bundle.classifier, embeddings, labels, bundle.class_names)
     bundle.open_set = replace(refitted, threshold=threshold)
     bundle.metrics["open_set_calibration"] = {**calibration, "by": f"models/calibrate_open_set.py {kind}, after training"}

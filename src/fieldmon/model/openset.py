@@ -67,6 +67,16 @@ class OpenSetParams:
         species' typical window, and only the allowed macro-F1 drop bounds them."""
         return 0.5 if self.rule == "upper_tail_gaussian" and self.spread == "species" else 1.0
 
+    def as_kind(self, kind: str, reference: torch.Tensor | None = None) -> OpenSetParams:
+        """These class means and Gaussians under the open set ``kind`` names (one of
+        OPEN_SET_KINDS); "nearest-window" compares against ``reference``. Refit it to
+        fit the new kind's Gaussians."""
+        if kind not in OPEN_SET_KINDS:
+            raise ValueError(f"open-set kind must be one of {', '.join(OPEN_SET_KINDS)}, not {kind!r}")
+        if kind == "nearest-window":
+            return replace(self, rule="nearest_window", spread="species", reference=reference)
+        return replace(self, rule="upper_tail_gaussian", spread=kind, reference=None)
+
     def to_json(self) -> dict:
         return {
             "rule": self.rule,
@@ -153,21 +163,21 @@ def fit_open_set(
     n_classes: int,
     threshold: float,
     kind: str = "species",
+    reference: torch.Tensor | None = None,
 ) -> OpenSetParams:
     """Class means from the training embeddings, then the open set ``kind`` names (one
-    of OPEN_SET_KINDS) on the validation embeddings."""
-    if kind not in OPEN_SET_KINDS:
-        raise ValueError(f"open-set kind must be one of {', '.join(OPEN_SET_KINDS)}, not {kind!r}")
+    of OPEN_SET_KINDS) on the validation embeddings; "nearest-window" compares against
+    ``reference`` (default: the training embeddings)."""
     means = torch.zeros(n_classes, train_embeddings.shape[1])
     for c in range(n_classes):
         train_c = train_embeddings[train_labels == c]
         if len(train_c) == 0:
             raise ValueError(f"class {c} has no training embeddings")
         means[c] = train_c.mean(dim=0)
-    unfitted = OpenSetParams(means, torch.zeros(n_classes), torch.full((n_classes,), MIN_STD), threshold,
-                             spread="shared" if kind == "shared" else "species")
     if kind == "nearest-window":
-        unfitted = replace(unfitted, rule="nearest_window", reference=train_embeddings.detach().clone())
+        reference = (train_embeddings if reference is None else reference).detach().clone()
+    unfitted = OpenSetParams(means, torch.zeros(n_classes), torch.full((n_classes,), MIN_STD), threshold)
+    unfitted = unfitted.as_kind(kind, reference)
     if kind == "shared":
         return unfitted.refit(val_embeddings, val_labels)
     # Without validation windows, the training distances are the only evidence.

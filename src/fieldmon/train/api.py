@@ -176,13 +176,12 @@ def train(
         emb = {name: loop.outputs(x) for name, x in inputs.items()}
         classifier, mlp_info = train_mlp(emb["train"], data.labels, emb["validation"], data.val_labels,
                                          len(class_names), settings)
+        # nearest-window compares against the training clips cut as the validation windows are,
+        # every 2 s: what the shipped default's reference holds, a quarter of the training hop's.
+        reference = (_embeddings_of(network, [c.path for c in clips.in_split("train")], held_out_cache, torch_device)
+                     if settings.open_set == "nearest-window" else None)
         open_set = fit_open_set(emb["train"], data.labels, emb["validation"], data.val_labels,
-                                len(class_names), settings.open_set_threshold or 0.0, settings.open_set)
-        if settings.open_set == "nearest-window":
-            # The training clips cut as the validation windows are, every 2 s: what the shipped
-            # default's reference holds, a quarter of the windows at the training hop.
-            open_set = replace(open_set, reference=_embeddings_of(
-                network, [c.path for c in clips.in_split("train")], held_out_cache, torch_device))
+                                len(class_names), settings.open_set_threshold or 0.0, settings.open_set, reference)
         if settings.open_set_threshold is None:
             threshold, mlp_info["open_set_calibration"] = calibrated_threshold(
                 open_set, classifier, emb["validation"], data.val_labels, class_names)
