@@ -78,6 +78,18 @@ def test_model_id_follows_the_weights(tmp_path):
     assert a.model_id != b.model_id
 
 
+def test_model_id_follows_the_open_set_threshold_not_the_history(tmp_path):
+    a, b, c = make_bundle(), make_bundle(), make_bundle()
+    b.open_set.threshold += 0.1
+    c.metrics = {"macro_f1": 0.9}
+    c.provenance = {"command": "another"}
+    for name, bundle in zip("abc", (a, b, c)):
+        bundle.save(tmp_path / name)
+    assert (tmp_path / "a" / WEIGHTS_NAME).read_bytes() == (tmp_path / "b" / WEIGHTS_NAME).read_bytes()
+    assert a.model_id != b.model_id  # a scan resumed with either must not mix their rows
+    assert a.model_id == c.model_id  # what was measured about a model does not rename it
+
+
 def test_refuses_features_from_other_settings(saved):
     bundle, _ = saved
     with pytest.raises(FeatureSettingsMismatch, match="sample_rate"):

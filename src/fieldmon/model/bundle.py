@@ -55,7 +55,7 @@ class ModelBundle:
     training: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
-    model_id: str = ""  # name + weights hash, set by save() and load()
+    model_id: str = ""  # name + hash of weights and settings; set by save() and load()
 
     def __post_init__(self) -> None:
         outputs = self.network.n_classes if self.classifier is None else self.classifier.layers[-1].out_features
@@ -129,12 +129,7 @@ class ModelBundle:
         directory.mkdir(parents=True, exist_ok=True)
         weights = save_safetensors(self.tensors(), metadata={"format": FORMAT})
         digest = hashlib.sha256(weights).hexdigest()
-        self.model_id = f"{self.name}-{digest[:12]}"
-        meta = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "model_id": self.model_id,
-            "name": self.name,
+        behaviour = {
             "loss": self.loss,
             "network": network_kind(self.network),
             "class_names": list(self.class_names),
@@ -142,6 +137,18 @@ class ModelBundle:
             "network_settings": self.network.settings.to_dict(),
             "classifier": None if self.classifier is None else {"hidden": self.classifier.layers[0].out_features},
             "open_set": None if self.open_set is None else self.open_set.to_json(),
+        }
+        # The id covers everything that shapes a detection, not only the weights: two
+        # bundles that differ only in their open-set threshold must not share an id, or a
+        # resumed scan would mix their rows under one name.
+        identity = hashlib.sha256(weights + json.dumps(behaviour, sort_keys=True).encode()).hexdigest()
+        self.model_id = f"{self.name}-{identity[:12]}"
+        meta = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "model_id": self.model_id,
+            "name": self.name,
+            **behaviour,
             "training": self.training,
             "metrics": self.metrics,
             "provenance": self.provenance,
