@@ -1,7 +1,7 @@
 """Fit the open set of a trained bundle again, in place, as `fieldmon train --open-set
 KIND` fits it (KIND species, shared or nearest-window; fieldmon.model.openset): the
 distance Gaussians on the validation windows, for fp32 and, when the bundle has one, for
-its int8 trunk; for nearest-window the embeddings of the training clips cut every 2 s as
+its int8 trunk (with its own calibrated threshold); for nearest-window the embeddings of the training clips cut every 2 s as
 the reference; then the calibrated threshold (``--open-set-threshold auto``). The weights,
 the MLP and the class means stay. With nearest-window the weights file gains the
 reference, so the model id changes and int8 needs fieldmon quantize again. model.json's
@@ -24,7 +24,7 @@ from fieldmon.evaluation.evaluate import evaluate_windows
 from fieldmon.fileio import atomic_write
 from fieldmon.model.int8 import INT8_NAME, OnnxTrunk, int8_open_set
 from fieldmon.model.loading import load_model
-from fieldmon.train.api import metrics_summary
+from fieldmon.train.api import int8_threshold_rule, metrics_summary
 from fieldmon.train.cache import EVALUATION_HOP_SECONDS, FeatureCache, build_window_set
 from fieldmon.train.classifier import calibrated_threshold
 from fieldmon.train.dataset import load_clips
@@ -55,7 +55,8 @@ def main(model: str, manifest: str, kind: str = "species") -> None:
     meta = json.loads((directory / "model.json").read_text())
     if "int8" in before and before["int8"]["weights_sha256"] == meta["weights_sha256"]:
         trunk = OnnxTrunk(directory / INT8_NAME, torch.get_num_threads())
-        meta["int8"] = {**before["int8"], "open_set": int8_open_set(bundle, trunk, val.features, val.labels)}
+        open_set = int8_open_set(bundle, trunk, val.features, val.labels, calibrate=int8_threshold_rule(bundle))
+        meta["int8"] = {**before["int8"], "open_set": open_set}
         atomic_write(directory / "model.json", (json.dumps(meta, indent=2) + "\n").encode())
     elif "int8" in before:
         print(f"the weights file changed (model id {meta['model_id']}): run fieldmon quantize again for int8")

@@ -102,6 +102,7 @@ def test_info_summarises_the_default_model_and_json_prints_model_json():
     assert "shallow baseline" in out and f"threshold {meta['open_set']['threshold']:.3g}" in out and "GFLOP" in out
     rejected = meta["metrics"]["open_set_calibration"]["validation_windows_rejected"]
     assert f"calibrated: rejects {rejected:.0%} of the validation windows" in " ".join(out.split())
+    assert f"its own open-set threshold {meta['int8']['open_set']['threshold']:.4g}" in out
     assert "{" not in out  # no settings dump
     for secret in (meta["provenance"]["command"], meta["provenance"]["clips_source"], "/work/"):
         assert secret not in out

@@ -15,6 +15,8 @@ from fieldmon.model.metadata import BundleError
 from fieldmon.model.int8 import INT8_NAME, export_trunk, quantize_bundle
 from fieldmon.outputs.store import StoreError
 from fieldmon.scan.pipeline import RunOptions, ScanSettings, scan
+from fieldmon.train.api import int8_threshold_rule
+from fieldmon.train.classifier import calibrated_threshold
 
 pytest.importorskip("onnxruntime", reason="int8 needs the int8 extra: pip install -e '.[int8]'")
 
@@ -72,6 +74,40 @@ def test_open_set_is_fitted_again_on_int8_embeddings(tiny_model, tmp_path):
     assert not torch.equal(int8.open_set.distance_mean, fp32.open_set.distance_mean)
     assert torch.equal(int8.open_set.class_means, fp32.open_set.class_means)
     assert int8.open_set.threshold == fp32.open_set.threshold
+
+
+def test_int8_threshold_is_chosen_again_on_int8_scores_when_a_rule_is_given(tiny_model, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    fp32 = load_model(model)
+    extractor = FeatureExtractor(fp32.feature_settings)
+    validation, labels = extractor(signals(24, seed=4)), np.arange(24) % 3
+    given = []
+
+    def rule(open_set, embeddings, truth):
+        given.append((open_set, embeddings, truth))
+        return 0.123, {"rule": "test"}
+
+    quantize_bundle(model, extractor(signals(48, seed=1)).numpy(), (validation.numpy(), labels), calibrate=rule)
+    int8 = load_model(model, "int8")
+    assert int8.open_set.threshold == 0.123
+    assert load_model(model).open_set.threshold == fp32.open_set.threshold
+    open_set, embeddings, truth = given[0]
+    assert torch.equal(open_set.distance_mean, int8.open_set.distance_mean)  # the refitted open set
+    torch.testing.assert_close(embeddings, int8.predict(validation, int8.feature_settings).embeddings)
+    assert truth.tolist() == labels.tolist()
+
+
+def test_int8_recalibrates_only_a_threshold_that_calibration_chose(tiny_model):
+    bundle = load_model(tiny_model)
+    assert int8_threshold_rule(bundle) is None  # no calibration recorded: kept as given
+    bundle.metrics["open_set_calibration"] = {"threshold": bundle.open_set.threshold}
+    embeddings = torch.nn.functional.normalize(torch.randn(12, 8, generator=torch.Generator().manual_seed(3)), dim=1)
+    labels = torch.arange(12) % 3
+    expected = calibrated_threshold(bundle.open_set, bundle.classifier, embeddings, labels, bundle.class_names)
+    assert int8_threshold_rule(bundle)(bundle.open_set, embeddings, labels) == expected
+    bundle.metrics["open_set_calibration"] = {"threshold": bundle.open_set.threshold - 0.005}  # raised since, by review
+    assert int8_threshold_rule(bundle) is None
 
 
 def test_missing_stale_or_modified_int8_file_is_refused(quantised, tiny_model, tmp_path):

@@ -16,9 +16,10 @@ from fieldmon import load_model
 from fieldmon.cli import main
 from fieldmon.model.compact import CompactSettings
 from fieldmon.model.network import MultiscaleCNN, NetworkSettings
+from fieldmon.model.networks import build_network
 from fieldmon.train.api import TrainCallbacks, train
 from fieldmon.train.cache import EVALUATION_HOP_SECONDS, FeatureCache
-from fieldmon.train.loop import TrainingData, TrainingLoop
+from fieldmon.train.loop import TrainingData, TrainingLoop, fit_batch_norm
 from fieldmon.train.settings import TrainSettings
 
 TINY = NetworkSettings(channels=4, reduce_channels=2, dense_units=(8, 8, 8))
@@ -337,7 +338,6 @@ def test_head_warmup_trains_the_head_alone_and_the_cli_offers_it(tmp_path):
 
     import numpy as np
 
-    from fieldmon.model.networks import build_network
     from fieldmon.train.api import _warm_up_head
 
     rng = np.random.default_rng(0)
@@ -373,3 +373,36 @@ def test_head_warmup_trains_the_head_alone_and_the_cli_offers_it(tmp_path):
     assert refused.exit_code == 2 and "--head-warmup needs --base" in refused.output
     refused = runner.invoke(main, [*args, "--head-warmup", "5", "--freeze-trunk"])
     assert refused.exit_code == 2 and "--head-warmup needs --base" in refused.output
+
+
+def test_fit_batch_norm_gives_plain_statistics_with_dropout_off_and_restores_the_module():
+    torch.manual_seed(0)
+    network = torch.nn.Sequential(torch.nn.BatchNorm2d(3), torch.nn.Dropout(0.5), torch.nn.Conv2d(3, 2, 1),
+                                  torch.nn.BatchNorm2d(2)).train()
+    inputs = torch.randn(32, 3, 4, 5) * 2 + 1
+    fit_batch_norm(network, inputs, torch.device("cpu"), batch=8)
+    first, second = network[0], network[3]
+    torch.testing.assert_close(first.running_mean, inputs.mean(dim=(0, 2, 3)))
+    batch_vars = torch.stack([inputs[i : i + 8].var(dim=(0, 2, 3)) for i in range(0, 32, 8)])
+    torch.testing.assert_close(first.running_var, batch_vars.mean(0))  # the mean of the batches' variances
+    assert network.training and first.momentum == second.momentum == 0.1
+    statistics = second.running_mean.clone()
+    fit_batch_norm(network, inputs, torch.device("cpu"), batch=8)
+    assert torch.equal(second.running_mean, statistics)  # dropout was off: the same numbers again
+
+
+def test_clean_batch_norm_keeps_the_statistics_of_clean_training_windows(tmp_path):
+    kept = {}
+    for clean in (True, False):
+        torch.manual_seed(0)
+        settings = TrainSettings(steps=4, windows_per_class=3, eval_every=2, checkpoint_every=2,
+                                 clean_batch_norm=clean)
+        loop = TrainingLoop(build_network("compact", TINY_COMPACT), synthetic_data(), settings, torch.device("cpu"),
+                            tmp_path / str(clean), on_message=lambda t: None)
+        loop.run()
+        loop.restore_best()
+        kept[clean] = {k: v.clone() for k, v in loop.module.state_dict().items() if "running" in k}
+        fit_batch_norm(loop.module, loop.data.inputs[loop.batch_norm_index], torch.device("cpu"))
+        refitted = loop.module.state_dict()
+        assert all(torch.allclose(v, refitted[k]) for k, v in kept[clean].items()) == clean
+    assert len(loop.batch_norm_index) == len(loop.data.labels)  # fewer than 1,024: all of them

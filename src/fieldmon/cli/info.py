@@ -84,7 +84,9 @@ def summary(bundle: ModelBundle, meta: dict, path: Path) -> list[tuple[str, str]
         lines.append(("open set", f"{_open_set_kind(bundle.open_set)}, threshold {bundle.open_set.threshold:.3g} ({how}a window "
                                   "whose open-set score is below it is labelled unknown)"))
     int8 = meta.get("int8")
-    lines.append(("int8", f"{int8.get('file')} ({int8.get('calibration_windows')} calibration windows)" if int8
+    int8_threshold = ((int8 or {}).get("open_set") or {}).get("threshold")
+    own = f"; its own open-set threshold {int8_threshold:.4g}" if int8_threshold is not None else ""
+    lines.append(("int8", f"{int8.get('file')} ({int8.get('calibration_windows')} calibration windows{own})" if int8
                   else "none (fieldmon quantize adds one)"))
     made = [f"fieldmon {provenance['fieldmon_version']}" if "fieldmon_version" in provenance else None,
             provenance.get("created"), f"torch {provenance['torch']}" if "torch" in provenance else None]

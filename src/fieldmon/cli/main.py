@@ -168,6 +168,10 @@ class Duration(click.ParamType):
 @click.option("--distinct-clips/--any-clips", default=False, show_default=True,
               help="Draw a species' windows in a mini-batch from different clips, so that positive pairs "
                    "are different recordings.")
+@click.option("--clean-batch-norm/--running-batch-norm", default=False, show_default=True,
+              help="Before each validation check, fit the batch-normalisation statistics on 1,024 clean "
+                   "training windows drawn at random, instead of keeping the running averages of the "
+                   "augmented, species-balanced mini-batches.")
 @click.option("--batch-size", type=POSITIVE, default=None, help="Mini-batch size (default: windows-per-class x species).")
 @click.option("--hop", type=click.FloatRange(min=0.05, max=60.0), default=0.5, show_default=True,
               help="Seconds between training windows.")

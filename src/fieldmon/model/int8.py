@@ -34,6 +34,7 @@ import logging
 import os
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -44,8 +45,11 @@ from torch import nn
 from fieldmon.fileio import atomic_write
 from fieldmon.model.bundle import ModelBundle
 from fieldmon.model.metadata import INT8_SUFFIX, JSON_NAME, BundleError, read_metadata
+from fieldmon.model.openset import OpenSetParams
 
 INT8_NAME = "model.int8.onnx"
+# (open set refitted on int8 embeddings, those embeddings, their labels) -> (threshold, how)
+ThresholdRule = Callable[[OpenSetParams, torch.Tensor, torch.Tensor], tuple[float, dict]]
 EXACT_TOLERANCE = 1e-4  # fp32-onnx against torch, on pooled maps of order 1
 
 
@@ -63,13 +67,15 @@ def quantize_bundle(
     directory: str | os.PathLike,
     calibration: np.ndarray,
     open_set_windows: tuple[np.ndarray, np.ndarray] | None = None,
+    calibrate: ThresholdRule | None = None,
     batch: int = 8,
 ) -> dict:
     """Write ``model.int8.onnx`` into the bundle at ``directory`` from ``calibration``
     feature windows ``[N, 3, n_mels, frames]`` and record it in model.json.
 
     ``open_set_windows``: labelled validation windows (features, class indices) on
-    which the open-set distances are fitted again for int8."""
+    which the open-set distances are fitted again for int8, and with ``calibrate``
+    the threshold chosen again (see :func:`int8_open_set`)."""
     onnxruntime = _onnxruntime()
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
@@ -102,7 +108,8 @@ def quantize_bundle(
         data = int8.read_bytes()
         open_set = None
         if open_set_windows is not None and bundle.open_set is not None:
-            open_set = int8_open_set(bundle, OnnxTrunk(int8, torch.get_num_threads()), *open_set_windows)
+            open_set = int8_open_set(bundle, OnnxTrunk(int8, torch.get_num_threads()), *open_set_windows,
+                                     calibrate=calibrate)
     section = {
         "file": INT8_NAME,
         "sha256": hashlib.sha256(data).hexdigest(),
@@ -122,15 +129,25 @@ def quantize_bundle(
 
 
 @torch.inference_mode()
-def int8_open_set(bundle: ModelBundle, trunk: nn.Module, features: np.ndarray, labels: np.ndarray) -> dict:
+def int8_open_set(bundle: ModelBundle, trunk: nn.Module, features: np.ndarray, labels: np.ndarray,
+                  calibrate: ThresholdRule | None = None) -> dict:
+    """The int8 section's open set: the distance Gaussians fitted on int8 embeddings of
+    the validation windows and, with ``calibrate`` (the rule that chose the fp32
+    threshold, given the refitted open set and those embeddings and labels), the threshold
+    chosen on int8's own scores. With fp32's threshold, int8's noisier scores rejected
+    0.4 % more known windows of the default and cost 0.032 of macro-F1, over the 0.03
+    the rule allows."""
     head = bundle.network.head.eval()
     embeddings = torch.cat([head(trunk(torch.from_numpy(features[i : i + 64]))) for i in range(0, len(features), 64)])
     refitted = bundle.open_set.refit(embeddings, torch.from_numpy(labels))
-    return {
+    section = {
         "distance_mean": [float(v) for v in refitted.distance_mean],
         "distance_std": [float(v) for v in refitted.distance_std],
         "fitted_on_windows": len(labels),
     }
+    if calibrate is not None:
+        section["threshold"], section["calibration"] = calibrate(refitted, embeddings, torch.from_numpy(labels))
+    return section
 
 
 def export_trunk(trunk: nn.Module, example: torch.Tensor, path: Path) -> None:
@@ -189,6 +206,7 @@ def with_int8_trunk(bundle: ModelBundle, directory: str | os.PathLike, threads: 
             bundle.open_set,
             distance_mean=torch.tensor(section["open_set"]["distance_mean"], dtype=torch.float32),
             distance_std=torch.tensor(section["open_set"]["distance_std"], dtype=torch.float32),
+            threshold=section["open_set"].get("threshold", bundle.open_set.threshold),
         )
     bundle.model_id += INT8_SUFFIX
     return bundle

@@ -390,4 +390,16 @@ def quantize(
     if validation:
         val_set = build_window_set(validation, bundle.class_names, cache)
         open_set_windows = (val_set.features, val_set.labels)
-    return quantize_bundle(directory, window_set.features[np.sort(pick)], open_set_windows)
+    return quantize_bundle(directory, window_set.features[np.sort(pick)], open_set_windows,
+                           calibrate=int8_threshold_rule(bundle))
+
+
+def int8_threshold_rule(bundle: ModelBundle):
+    """fp32's calibration rule for int8's own scores, when the fp32 threshold is still
+    the one calibration chose; a threshold set by hand or raised by reviewed windows is
+    kept as it is."""
+    calibration = bundle.metrics.get("open_set_calibration") or {}
+    if bundle.open_set is None or calibration.get("threshold") != bundle.open_set.threshold:
+        return None
+    return lambda open_set, embeddings, labels: calibrated_threshold(
+        open_set, bundle.classifier, embeddings, labels, bundle.class_names)

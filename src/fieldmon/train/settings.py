@@ -73,6 +73,11 @@ class TrainSettings:
     # Decay of an exponential moving average of the weights that is validated and kept
     # (e.g. 0.995); None trains and keeps the weights themselves.
     average: float | None = None
+    # Before every validation check, fit the batch-normalisation statistics again on
+    # clean training windows drawn at random (fieldmon.train.loop.fit_batch_norm),
+    # instead of keeping the running averages of the augmented, species-balanced
+    # mini-batches, which validation and scans never see. README, "The compact recipe".
+    clean_batch_norm: bool = False
     # Dropout before each dense layer while training; None keeps the network's own (the
     # paper's 0.5). A named variant: see README, "Training budget".
     dropout: float | None = None
