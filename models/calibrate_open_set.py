@@ -1,8 +1,8 @@
 """Fit the open set of a trained bundle again, in place, as `fieldmon train --open-set
 KIND` fits it (KIND species, shared or nearest-window; fieldmon.model.openset): the
 distance Gaussians on the validation windows, for fp32 and, when the bundle has one, for
-its int8 trunk (with its own calibrated threshold); for nearest-window the embeddings of the training clips cut every 2 s as
-the reference; then the calibrated threshold (``--open-set-threshold auto``). The weights,
+its int8 trunk (with its own calibrated threshold); for nearest-window the embeddings of
+the training clips cut every 2 s as the reference; then the calibrated threshold (``--open-set-threshold auto``). The weights,
 the MLP and the class means stay. With nearest-window the weights file gains the
 reference, so the model id changes and int8 needs fieldmon quantize again. model.json's
 open set, its calibration and its validation metrics change (the training settings keep
@@ -28,6 +28,7 @@ from fieldmon.train.api import int8_threshold_rule, metrics_summary
 from fieldmon.train.cache import EVALUATION_HOP_SECONDS, FeatureCache, build_window_set
 from fieldmon.train.classifier import calibrated_threshold
 from fieldmon.train.dataset import load_clips
+from fieldmon.train.loop import outputs_in_batches
 
 
 def main(model: str, manifest: str, kind: str = "species") -> None:
@@ -36,9 +37,8 @@ def main(model: str, manifest: str, kind: str = "species") -> None:
     clips = load_clips(manifest, known_labels=bundle.class_names)
     cache = FeatureCache(None, bundle.feature_settings, EVALUATION_HOP_SECONDS)
 
-    @torch.no_grad()
     def embed(features):
-        return torch.cat([bundle.network(torch.from_numpy(features[i:i + 64])) for i in range(0, len(features), 64)])
+        return outputs_in_batches(bundle.network, torch.from_numpy(features), torch.device("cpu"))
 
     val = build_window_set(clips.in_split("validation"), bundle.class_names, cache)
     embeddings, labels = embed(val.features), torch.from_numpy(val.labels)

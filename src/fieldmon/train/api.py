@@ -29,7 +29,8 @@ from fieldmon.train.bands import limit_bands
 from fieldmon.train.cache import EVALUATION_HOP_SECONDS, FeatureCache, WindowSet, build_window_set
 from fieldmon.train.classifier import calibrated_threshold, threshold_for_rejects, train_mlp
 from fieldmon.train.dataset import ClipSet, DatasetError, assign_splits, load_clips
-from fieldmon.train.loop import StepReport, TrainingData, TrainingLoop, as_inputs, read_checkpoint_meta
+from fieldmon.train.loop import (StepReport, TrainingData, TrainingLoop, as_inputs, outputs_in_batches,
+                                 read_checkpoint_meta)
 from fieldmon.train.settings import TrainSettings
 from fieldmon.train.verified import VERIFIED_DIR, add_verified
 from fieldmon.tuning import describe_device, keep_freed_memory, resolve_device
@@ -258,9 +259,7 @@ def _embeddings_of(network: torch.nn.Module, paths: list[Path], cache: FeatureCa
             continue
     if not features:
         return None
-    windows = np.concatenate(features)
-    network.eval()
-    return torch.cat([network(as_inputs(windows[i : i + 64]).to(device)).cpu() for i in range(0, len(windows), 64)])
+    return outputs_in_batches(network, as_inputs(np.concatenate(features)), device)
 
 
 def _check_species_remain(class_names: list[str], train_set: WindowSet, val_set: WindowSet) -> None:
@@ -349,9 +348,8 @@ def _full_network(module: torch.nn.Module, base: ModelBundle | None, settings: T
 
 def _trunk_outputs(trunk: torch.nn.Module, features: np.ndarray, device: torch.device, dim: int,
                    batch: int = 64) -> torch.Tensor:
-    with torch.no_grad():
-        parts = [trunk(torch.from_numpy(features[i : i + batch]).to(device)).cpu() for i in range(0, len(features), batch)]
-    return torch.cat(parts) if parts else torch.zeros(0, dim)
+    out = outputs_in_batches(trunk, as_inputs(features), device, batch)
+    return out if len(out) else torch.zeros(0, dim)
 
 
 def metrics_summary(result: dict) -> dict:

@@ -347,11 +347,8 @@ class TrainingLoop:
 
     # -- model selection -----------------------------------------------------
 
-    @torch.no_grad()
-    def outputs(self, inputs: torch.Tensor, batch: int = 64) -> torch.Tensor:
-        network = self.evaluated.eval()
-        out = [network(inputs[i : i + batch].to(self.device)).cpu() for i in range(0, len(inputs), batch)]
-        return torch.cat(out) if out else torch.empty(0)
+    def outputs(self, inputs: torch.Tensor) -> torch.Tensor:
+        return outputs_in_batches(self.evaluated, inputs, self.device)
 
     def validation_scores(self) -> dict[str, float]:
         """Validation macro-F1 per window and, with ``val_clips``, per file (the mean
@@ -491,6 +488,14 @@ def make_optimizer(params: list, settings: TrainSettings) -> torch.optim.Optimiz
                                    initial_accumulator_value=s.adagrad_initial_accumulator)
     optimizer = torch.optim.AdamW if s.optimizer == "adamw" else torch.optim.Adam
     return optimizer(params, lr=s.learning_rate, weight_decay=s.weight_decay)
+
+
+@torch.no_grad()
+def outputs_in_batches(network: nn.Module, inputs: torch.Tensor, device: torch.device, batch: int = 64) -> torch.Tensor:
+    """``network``, in eval mode, over ``inputs`` in batches; the outputs on the CPU."""
+    network.eval()
+    out = [network(inputs[i : i + batch].to(device)).cpu() for i in range(0, len(inputs), batch)]
+    return torch.cat(out) if out else torch.empty(0)
 
 
 @torch.no_grad()
