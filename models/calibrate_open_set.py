@@ -9,6 +9,12 @@ open set, its calibration and its validation metrics change (the training settin
 what the model was trained with).
 
     python models/calibrate_open_set.py models/default ../shared/data/insectset32/manifest.csv nearest-window
+
+With a fourth argument START (class-means or random; `fieldmon train --mlp-init`), the MLP
+is fitted again first, from that start, on the training clips cut as training cut them,
+and the model id changes too.
+
+    python models/calibrate_open_set.py MODEL ../shared/data/insectset32/manifest.csv nearest-window class-means
 """
 
 from __future__ import annotations
@@ -26,12 +32,13 @@ from fieldmon.model.int8 import INT8_NAME, OnnxTrunk, int8_open_set
 from fieldmon.model.loading import load_model
 from fieldmon.train.api import int8_threshold_rule, metrics_summary
 from fieldmon.train.cache import EVALUATION_HOP_SECONDS, FeatureCache, build_window_set
-from fieldmon.train.classifier import calibrated_threshold
+from fieldmon.train.classifier import calibrated_threshold, train_mlp
 from fieldmon.train.dataset import load_clips
 from fieldmon.train.loop import outputs_in_batches
+from fieldmon.train.settings import TrainSettings
 
 
-def main(model: str, manifest: str, kind: str = "species") -> None:
+def main(model: str, manifest: str, kind: str = "species", mlp_init: str | None = None) -> None:
     directory = Path(model)
     bundle = load_model(directory)
     clips = load_clips(manifest, known_labels=bundle.class_names)
@@ -42,6 +49,16 @@ def main(model: str, manifest: str, kind: str = "species") -> None:
 
     val = build_window_set(clips.in_split("validation"), bundle.class_names, cache)
     embeddings, labels = embed(val.features), torch.from_numpy(val.labels)
+    if mlp_init is not None:
+        settings = replace(TrainSettings.from_dict(bundle.training["settings"]), mlp_init=mlp_init)
+        train_cache = FeatureCache(None, bundle.feature_settings, settings.hop_seconds)
+        train = build_window_set(clips.in_split("train"), bundle.class_names, train_cache)
+        bundle.classifier, mlp_info = train_mlp(embed(train.features), torch.from_numpy(train.labels), embeddings,
+                                                labels, len(bundle.class_names), settings)
+        bundle.metrics.update(mlp_info)
+        bundle.training["settings"] = settings.to_dict()
+        bundle.training["mlp_refit"] = f"models/calibrate_open_set.py {kind} {mlp_init}, after training"
+        print(json.dumps(mlp_info, indent=2))
     reference = None
     if kind == "nearest-window":
         reference = embed(build_window_set(clips.in_split("train"), bundle.class_names, cache).features)

@@ -103,6 +103,9 @@ def test_info_summarises_the_default_model_and_json_prints_model_json():
     rejected = meta["metrics"]["open_set_calibration"]["validation_windows_rejected"]
     assert f"calibrated: rejects {rejected:.0%} of the validation windows" in " ".join(out.split())
     assert f"its own open-set threshold {meta['int8']['open_set']['threshold']:.4g}" in out
+    metrics = meta["metrics"]
+    assert (f"MLP 128->256->32, started from the nearest class mean (temperature {metrics['mlp_init_temperature']:.3g}); "
+            f"kept epoch {metrics['mlp_best_epoch']} of {metrics['mlp_epochs']}") in " ".join(out.split())
     assert "{" not in out  # no settings dump
     for secret in (meta["provenance"]["command"], meta["provenance"]["clips_source"], "/work/"):
         assert secret not in out
@@ -116,7 +119,8 @@ def test_info_marks_a_model_below_the_target_and_prints_no_local_paths(tmp_path,
     shutil.copytree(tiny_model, bundle)
     meta = json.loads((bundle / "model.json").read_text())
     meta["metrics"] = {"validation": {"files": 9, "macro_f1": 0.51234, "file_macro_f1": 0.61789},
-                       "baseline": {"validation": {"macro_f1": 0.4, "file_macro_f1": 0.45678}}}
+                       "baseline": {"validation": {"macro_f1": 0.4, "file_macro_f1": 0.45678}},
+                       "mlp_init": "random", "mlp_best_epoch": 12, "mlp_epochs": 112}
     meta["training"] = {"clips": {"train": 20, "validation": 9, "test": 0}, "steps_done": 400, "wall_seconds": 1250.0,
                         "device": "cpu", "clips_left_out": ["/home/alice/field/clips/a/x.wav: silent"]}
     meta["provenance"] = {"command": "fieldmon train /home/alice/field/clips --out /home/alice/models/site",
@@ -129,6 +133,7 @@ def test_info_marks_a_model_below_the_target_and_prints_no_local_paths(tmp_path,
     assert "PRELIMINARY: validation macro-F1 per file 0.618 is below the 0.75 target" in " ".join(out.split())
     assert "per window 0.512; shallow baseline 0.457 per file, 0.400 per window" in " ".join(out.split())
     assert "400 steps in 20 min 50 s on cpu" in " ".join(out.split())
+    assert "started from random weights; kept epoch 12 of 112 by validation loss" in " ".join(out.split())
     meta["metrics"]["validation"]["file_macro_f1"] = 0.8
     (bundle / "model.json").write_text(json.dumps(meta))
     good = CliRunner().invoke(main, ["info", str(bundle)]).output

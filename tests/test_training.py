@@ -162,6 +162,7 @@ def test_train_and_evaluate_end_to_end_on_real_clips(tmp_path):
     assert loaded.open_set is not None and loaded.classifier is not None
     assert loaded.training["steps_done"] == 4 and loaded.training["settings"]["steps"] == 4
     assert 0.0 <= loaded.metrics["validation"]["file_macro_f1"] <= 1.0
+    assert loaded.metrics["mlp_init"] == "random"  # the paper's recipe
     assert loaded.provenance["data_manifest_hash"] and loaded.provenance["fieldmon_version"]
     with open(tmp_path / "model" / "split.csv") as fh:
         split = list(csv.DictReader(fh))
@@ -213,6 +214,7 @@ def test_compact_network_learns_real_species_beyond_its_untrained_start(tmp_path
     untrained = history[0]["val_macro_f1_window"]
     trained = max(h["val_macro_f1_window"] for h in history[1:])
     assert trained >= untrained + 0.2, history
+    assert bundle.metrics["mlp_init"] == "class-means" and bundle.metrics["mlp_init_temperature"] > 0
     assert bundle.training["network"] == "compact" and bundle.training["weight_change"] > 0.01
 
 

@@ -74,6 +74,8 @@ def summary(bundle: ModelBundle, meta: dict, path: Path) -> list[tuple[str, str]
             lines.append((split, scores_line(bundle.metrics, split)))
     if "validation" not in bundle.metrics:
         lines.append(("validation", "no scores recorded"))
+    if bundle.classifier is not None:
+        lines.append(("classifier", classifier_line(bundle)))
     if bundle.open_set is None:
         lines.append(("open set", "none: every window gets a species"))
     else:
@@ -93,6 +95,19 @@ def summary(bundle: ModelBundle, meta: dict, path: Path) -> list[tuple[str, str]
     if any(made):
         lines.append(("created", ", ".join(m for m in made if m)))
     return lines
+
+
+def classifier_line(bundle: ModelBundle) -> str:
+    hidden = bundle.classifier.layers[0]
+    text = f"MLP {hidden.in_features}->{hidden.out_features}->{len(bundle.class_names)}"
+    metrics = bundle.metrics
+    if metrics.get("mlp_init") == "class-means":
+        text += f", started from the nearest class mean (temperature {metrics['mlp_init_temperature']:.3g})"
+    elif "mlp_best_epoch" in metrics:
+        text += ", started from random weights"
+    if "mlp_best_epoch" in metrics:
+        text += f"; kept epoch {metrics['mlp_best_epoch']} of {metrics['mlp_epochs']} by validation loss"
+    return text
 
 
 def status(bundle: ModelBundle, path: Path) -> str:

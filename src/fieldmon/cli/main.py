@@ -172,6 +172,10 @@ class Duration(click.ParamType):
               help="Before each validation check, fit the batch-normalisation statistics on 1,024 clean "
                    "training windows drawn at random, instead of keeping the running averages of the "
                    "augmented, species-balanced mini-batches.")
+@click.option("--mlp-init", type=click.Choice(["class-means", "random"]), default=None,
+              help="Where the MLP on the embeddings starts: class-means, the nearest-class-mean classifier "
+                   "(at the softmax temperature validation prefers), or random (the paper's). "
+                   "Default: class-means (compact), random (paper).")
 @click.option("--batch-size", type=POSITIVE, default=None, help="Mini-batch size (default: windows-per-class x species).")
 @click.option("--hop", type=click.FloatRange(min=0.05, max=60.0), default=0.5, show_default=True,
               help="Seconds between training windows.")

@@ -14,6 +14,53 @@ from fieldmon.model.openset import OpenSetParams
 from fieldmon.train.settings import TrainSettings
 
 
+# Candidate softmax temperatures of the class-means MLP: squared distances between unit
+# embeddings lie in [0, 4], so these span near-uniform to near-one-hot probabilities.
+TEMPERATURES = np.geomspace(1e-3, 10.0, 81)
+
+
+def class_means_mlp(embeddings: torch.Tensor, labels: torch.Tensor, n_classes: int,
+                    temperature: float) -> MLPClassifier:
+    """An MLP whose logits are the nearest-class-mean classifier's: -|e - m_c|^2 / T up to
+    a constant, with m_c the mean training embedding of species c.
+
+    For unit-length embeddings that is the linear map (2 e.m_c - |m_c|^2) / T, and a ReLU
+    layer of 2 x dim units passes e through exactly as relu(e) - relu(-e). A species
+    without training windows is never predicted."""
+    dim = embeddings.shape[1]
+    mlp = MLPClassifier(dim, n_classes)
+    hidden, out = mlp.layers[0], mlp.layers[2]
+    if hidden.out_features < 2 * dim:
+        raise ValueError(f"a class-means MLP needs {2 * dim} hidden units for {dim}-D embeddings, "
+                         f"not {hidden.out_features}")
+    counts = torch.bincount(labels, minlength=n_classes)
+    means = torch.zeros(n_classes, dim).index_add_(0, labels, embeddings.detach().float())
+    means /= counts.clamp(min=1)[:, None]
+    bias = torch.where(counts > 0, -means.square().sum(1) / temperature, torch.tensor(-1e4))
+    with torch.no_grad():
+        hidden.weight.zero_()
+        hidden.weight[:2 * dim].copy_(torch.cat([torch.eye(dim), -torch.eye(dim)]))
+        hidden.bias.zero_()
+        out.weight.zero_()
+        out.weight[:, :2 * dim].copy_(torch.cat([2 * means, -2 * means], 1) / temperature)
+        out.bias.copy_(bias)
+    return mlp
+
+
+@torch.no_grad()
+def class_means_temperature(train_embeddings: torch.Tensor, train_labels: torch.Tensor,
+                            val_embeddings: torch.Tensor, val_labels: torch.Tensor, n_classes: int) -> float:
+    """The temperature with the lowest validation cross-entropy (the training windows'
+    own embeddings lie closer to their means than new ones do, so they would choose
+    overconfident probabilities). 0.1 without validation windows."""
+    if len(val_labels) == 0:
+        return 0.1
+    means = class_means_mlp(train_embeddings, train_labels, n_classes, 1.0)
+    logits = means(val_embeddings)  # at T = 1; a temperature divides them
+    losses = [float(nn.functional.cross_entropy(logits / t, val_labels)) for t in TEMPERATURES]
+    return float(TEMPERATURES[int(np.argmin(losses))])
+
+
 def train_mlp(
     train_embeddings: torch.Tensor,
     train_labels: torch.Tensor,
@@ -22,14 +69,27 @@ def train_mlp(
     n_classes: int,
     settings: TrainSettings,
 ) -> tuple[MLPClassifier, dict]:
-    """Full-batch Adam (lr 1e-3, L2 1e-4); early stopping on the validation loss,
-    keeping the weights of the best epoch. Embeddings are few and 128-D, so each
-    epoch is one cheap step."""
+    """Full-batch Adam; early stopping on the validation loss, keeping the weights of the
+    best epoch (the starting weights included). Embeddings are few and 128-D, so each
+    epoch is one cheap step.
+
+    ``settings.mlp_init`` "class-means" starts from the nearest-class-mean classifier
+    (class_means_mlp) at the temperature validation prefers; "random" is the paper's start."""
     torch.manual_seed(settings.seed)
-    mlp = MLPClassifier(train_embeddings.shape[1], n_classes)
+    info = {"mlp_init": settings.mlp_init}
+    if settings.mlp_init == "class-means":
+        temperature = class_means_temperature(train_embeddings, train_labels, val_embeddings, val_labels, n_classes)
+        mlp = class_means_mlp(train_embeddings, train_labels, n_classes, temperature)
+        info["mlp_init_temperature"] = temperature
+    else:
+        mlp = MLPClassifier(train_embeddings.shape[1], n_classes)
     optimizer = torch.optim.Adam(mlp.parameters(), lr=settings.mlp_learning_rate, weight_decay=settings.mlp_weight_decay)
     has_val = len(val_labels) > 0
     best_loss, best_epoch, best = float("inf"), 0, copy.deepcopy(mlp.state_dict())
+    if has_val and settings.mlp_init == "class-means":
+        with torch.no_grad():
+            best_loss = float(nn.functional.cross_entropy(mlp(val_embeddings), val_labels))
+    epoch = 0
     for epoch in range(1, settings.mlp_max_epochs + 1):
         mlp.train()
         loss = nn.functional.cross_entropy(mlp(train_embeddings), train_labels)
@@ -45,7 +105,7 @@ def train_mlp(
             break
     mlp.load_state_dict(best)
     mlp.eval()
-    return mlp, {"mlp_epochs": epoch, "mlp_best_epoch": best_epoch, "mlp_monitored_loss": best_loss}
+    return mlp, {**info, "mlp_epochs": epoch, "mlp_best_epoch": best_epoch, "mlp_monitored_loss": best_loss}
 
 
 # How much validation macro-F1 (known windows rejected count as errors) rejection may cost:
