@@ -55,6 +55,7 @@ def main(model: str, manifest: str, kind: str = "species", mlp_init: str | None 
         train = build_window_set(clips.in_split("train"), bundle.class_names, train_cache)
         bundle.classifier, mlp_info = train_mlp(embed(train.features), torch.from_numpy(train.labels), embeddings,
                                                 labels, len(bundle.class_names), settings)
+        bundle.metrics.pop("mlp_init_temperature", None)  # from the MLP this one replaces
         bundle.metrics.update(mlp_info)
         bundle.training["settings"] = settings.to_dict()
         bundle.training["mlp_refit"] = f"models/calibrate_open_set.py {kind} {mlp_init}, after training"
