@@ -2,7 +2,7 @@
 
     python benchmarks/mlp_init.py MODEL [MODEL ...] [--data ../shared/data/insectset32] [--cache DIR]
 
-For each model's network: embeds the InsectSet32 training windows (0.5 s hop) and validation
+For each model's network: embeds the InsectSet32 training windows (at the hop it was trained with) and validation
 windows (2 s), fits the MLP as ``fieldmon train`` does from each start
 (``TrainSettings.mlp_init``) and prints the validation macro-F1 per file and per window, the
 validation cross-entropy the early stopping minimised, the class-means start's temperature
@@ -39,14 +39,15 @@ def main() -> None:
         names = bundle.class_names
         if names != clips.class_names:
             raise SystemExit(f"{model}: its species are not InsectSet32's")
-        train = build_window_set(clips.in_split("train"), names, FeatureCache(args.cache, bundle.feature_settings, 0.5))
+        trained_with = TrainSettings.from_dict(bundle.training["settings"])
+        train = build_window_set(clips.in_split("train"), names,
+                                 FeatureCache(args.cache, bundle.feature_settings, trained_with.hop_seconds))
         val = build_window_set(clips.in_split("validation"), names,
                                FeatureCache(args.cache, bundle.feature_settings, EVALUATION_HOP_SECONDS))
-        with torch.no_grad():
-            embedded = {name: outputs_in_batches(bundle.network, torch.from_numpy(s.features), torch.device("cpu"))
-                        for name, s in (("train", train), ("validation", val))}
+        embedded = {name: outputs_in_batches(bundle.network, torch.from_numpy(s.features), torch.device("cpu"))
+                    for name, s in (("train", train), ("validation", val))}
         for start in MLP_INITS:
-            settings = replace(TrainSettings.from_dict(bundle.training["settings"]), mlp_init=start)
+            settings = replace(trained_with, mlp_init=start)
             mlp, info = train_mlp(embedded["train"], torch.from_numpy(train.labels), embedded["validation"],
                                   torch.from_numpy(val.labels), len(names), settings)
             result = evaluate_windows(replace(bundle, classifier=mlp), val.features, val.labels, val.clip_index)

@@ -85,10 +85,9 @@ def train_mlp(
         mlp = MLPClassifier(train_embeddings.shape[1], n_classes)
     optimizer = torch.optim.Adam(mlp.parameters(), lr=settings.mlp_learning_rate, weight_decay=settings.mlp_weight_decay)
     has_val = len(val_labels) > 0
-    best_loss, best_epoch, best = float("inf"), 0, copy.deepcopy(mlp.state_dict())
-    if has_val and settings.mlp_init == "class-means":
-        with torch.no_grad():
-            best_loss = float(nn.functional.cross_entropy(mlp(val_embeddings), val_labels))
+    with torch.no_grad():
+        start_loss = float(nn.functional.cross_entropy(mlp(val_embeddings), val_labels)) if has_val else float("inf")
+    best_loss, best_epoch, best = start_loss, 0, copy.deepcopy(mlp.state_dict())
     epoch = 0
     for epoch in range(1, settings.mlp_max_epochs + 1):
         mlp.train()
