@@ -33,7 +33,8 @@ def synthetic_data(n_classes: int = 3, per_class: int = 6) -> TrainingData:
     labels = torch.arange(n_classes).repeat_interleave(per_class)
     # class-dependent offsets so that training has something to learn
     inputs = torch.rand(len(labels), 3, 40, 20, generator=g) + labels[:, None, None, None] * 0.3
-    return TrainingData(inputs, labels, inputs[::2], labels[::2], n_classes)
+    clips = torch.arange(len(labels)) // 2  # two windows per recording
+    return TrainingData(inputs, labels, inputs[::2], labels[::2], n_classes, clips)
 
 
 def make_loop(tmp: Path, settings: TrainSettings) -> TrainingLoop:

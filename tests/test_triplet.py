@@ -85,3 +85,14 @@ def test_sampler_spreads_a_species_over_its_clips():
         assert len(set(clips[batch][labels[batch] == 1])) == 5  # 8 clips: five different ones
         assert len(set(batch[labels[batch] == 0])) == 5  # a repeated clip gives two different windows
     assert np.array_equal(sampler.batch(4), ClassBalancedSampler(labels, 5, None, 1, clips=clips).batch(4))
+
+
+def test_distinct_clips_is_the_compact_recipe_not_the_papers_nor_that_of_models_from_before():
+    from fieldmon.train.settings import TrainSettings
+
+    assert TrainSettings(steps=1).distinct_clips
+    assert not TrainSettings.for_network("paper", steps=1).distinct_clips
+    before = TrainSettings(steps=1).to_dict()
+    del before["distinct_clips"]
+    assert not TrainSettings.from_dict(before).distinct_clips
+    assert TrainSettings.from_dict(TrainSettings(steps=1).to_dict()).distinct_clips

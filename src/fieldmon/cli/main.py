@@ -165,9 +165,9 @@ class Duration(click.ParamType):
               help="With --triplet-update paper: triplets per update.")
 @click.option("--windows-per-class", type=click.IntRange(min=2), default=5, show_default=True,
               help="Windows of every species in each mini-batch.")
-@click.option("--distinct-clips/--any-clips", default=False, show_default=True,
+@click.option("--distinct-clips/--any-clips", default=None,
               help="Draw a species' windows in a mini-batch from different clips, so that positive pairs "
-                   "are different recordings.")
+                   "are different recordings. Default: --distinct-clips (compact), --any-clips (paper).")
 @click.option("--clean-batch-norm/--running-batch-norm", default=False, show_default=True,
               help="Before each validation check, fit the batch-normalisation statistics on 1,024 clean "
                    "training windows drawn at random, instead of keeping the running averages of the "
