@@ -36,8 +36,8 @@ class TrainSettings:
     triplet_batch: int = 50
     windows_per_class: int = 5
     # Draw a species' windows in a mini-batch from different clips (see ClassBalancedSampler);
-    # the paper draws them at random. README, "The compact recipe": the same typical
-    # validation check, an embedding that sets unknown sounds apart, better site models.
+    # the paper draws them at random. README, "The compact recipe" and "Site models": the
+    # same typical validation check, and site models no worse.
     distinct_clips: bool = True
     batch_size: int | None = None  # None: windows_per_class x species
     margin_start: float = 0.2
