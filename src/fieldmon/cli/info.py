@@ -101,13 +101,12 @@ def classifier_line(bundle: ModelBundle) -> str:
     hidden = bundle.classifier.layers[0]
     text = f"MLP {hidden.in_features}->{hidden.out_features}->{len(bundle.class_names)}"
     metrics = bundle.metrics
-    if metrics.get("mlp_init") == "class-means":
-        text += f", started from the nearest class mean (temperature {metrics['mlp_init_temperature']:.3g})"
-    elif "mlp_best_epoch" in metrics:
-        text += ", started from random weights"
-    if "mlp_best_epoch" in metrics:
-        text += f"; kept epoch {metrics['mlp_best_epoch']} of {metrics['mlp_epochs']} by validation loss"
-    return text
+    if "mlp_best_epoch" not in metrics:  # bundles from before the MLP's fit was recorded
+        return text
+    start = (f"the nearest class mean (temperature {metrics['mlp_init_temperature']:.3g})"
+             if metrics.get("mlp_init") == "class-means" else "random weights")
+    return f"{text}, started from {start}; kept epoch {metrics['mlp_best_epoch']} of {metrics['mlp_epochs']} " \
+           "by validation loss"
 
 
 def status(bundle: ModelBundle, path: Path) -> str:

@@ -155,6 +155,14 @@ class OpenSetParams:
         return replace(self, distance_mean=dist_mean, distance_std=dist_std.clamp(min=pooled))
 
 
+def class_means(embeddings: torch.Tensor, labels: torch.Tensor, n_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean embedding of each class ``[C, D]`` (zeros for a class without embeddings)
+    and how many embeddings each class has ``[C]``."""
+    counts = torch.bincount(labels, minlength=n_classes)
+    sums = torch.zeros(n_classes, embeddings.shape[1]).index_add_(0, labels, embeddings.detach().float())
+    return sums / counts.clamp(min=1)[:, None], counts
+
+
 def fit_open_set(
     train_embeddings: torch.Tensor,
     train_labels: torch.Tensor,
@@ -168,12 +176,9 @@ def fit_open_set(
     """Class means from the training embeddings, then the open set ``kind`` names (one
     of OPEN_SET_KINDS) on the validation embeddings; "nearest-window" compares against
     ``reference`` (default: the training embeddings)."""
-    means = torch.zeros(n_classes, train_embeddings.shape[1])
-    for c in range(n_classes):
-        train_c = train_embeddings[train_labels == c]
-        if len(train_c) == 0:
-            raise ValueError(f"class {c} has no training embeddings")
-        means[c] = train_c.mean(dim=0)
+    means, counts = class_means(train_embeddings, train_labels, n_classes)
+    if (counts == 0).any():
+        raise ValueError(f"class {int((counts == 0).nonzero()[0])} has no training embeddings")
     if kind == "nearest-window":
         reference = (train_embeddings if reference is None else reference).detach().clone()
     unfitted = OpenSetParams(means, torch.zeros(n_classes), torch.full((n_classes,), MIN_STD), threshold)

@@ -10,7 +10,7 @@ from torch import nn
 
 from fieldmon.evaluation.metrics import UNKNOWN, classification_report
 from fieldmon.model.network import MLPClassifier
-from fieldmon.model.openset import OpenSetParams
+from fieldmon.model.openset import OpenSetParams, class_means
 from fieldmon.train.settings import TrainSettings
 
 
@@ -33,9 +33,7 @@ def class_means_mlp(embeddings: torch.Tensor, labels: torch.Tensor, n_classes: i
     if hidden.out_features < 2 * dim:
         raise ValueError(f"a class-means MLP needs {2 * dim} hidden units for {dim}-D embeddings, "
                          f"not {hidden.out_features}")
-    counts = torch.bincount(labels, minlength=n_classes)
-    means = torch.zeros(n_classes, dim).index_add_(0, labels, embeddings.detach().float())
-    means /= counts.clamp(min=1)[:, None]
+    means, counts = class_means(embeddings, labels, n_classes)
     bias = torch.where(counts > 0, -means.square().sum(1) / temperature, torch.tensor(-1e4))
     with torch.no_grad():
         hidden.weight.zero_()

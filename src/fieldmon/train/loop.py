@@ -29,6 +29,7 @@ from torch import nn
 
 from fieldmon.evaluation.metrics import classification_report, file_level
 from fieldmon.fileio import atomic_write
+from fieldmon.model.openset import class_means
 from fieldmon.signals import StopRequest
 from fieldmon.train.augment import augment
 from fieldmon.train.sampler import ClassBalancedSampler
@@ -360,7 +361,7 @@ class TrainingLoop:
         if self.triplet:
             train = self.outputs(d.inputs[self.selection_index])
             labels = d.labels[self.selection_index]
-            means = torch.stack([train[labels == c].mean(0) for c in range(d.n_classes)])
+            means, _ = class_means(train, labels, d.n_classes)
             scores = torch.softmax(-torch.cdist(val, means).square() / NEAREST_MEAN_TEMPERATURE, dim=1)
         else:
             scores = torch.softmax(val, dim=1)
