@@ -45,7 +45,7 @@ SWEEP = {
         ("--weight-decay", "-1"), ("--time-budget", "soon"), ("--network", "resnet"), ("--optimizer", "lbfgs"),
         ("--augment", "reverse"), ("--device", "tpu"), ("--seed", "-1"), ("--warmup-steps", "-5"),
         ("--head-warmup", "-1"), ("--band-limit", "30000"), ("--band-limit", "0"), ("--band-limit", "low"),
-        ("--open-set", "wide"),
+        ("--open-set", "wide"), ("--crossentropy-weight", "-1"), ("--crossentropy-weight", "11"),
     ]),
     "clips": (["DET", "--out", "OUT/c"], [("--per-species", "-1"), ("--per-species", "0"), ("--min-score", "3")]),
     "report": (["DET", "--out", "OUT/r"], [("--min-score", "-1"), ("--model", "/nonexistent/model")]),

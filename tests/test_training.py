@@ -46,8 +46,8 @@ def make_loop(tmp: Path, settings: TrainSettings) -> TrainingLoop:
 @pytest.mark.parametrize(
     "options",
     [dict(loss="triplet"), dict(loss="triplet", triplet_update="paper", triplet_batch=4),
-     dict(loss="crossentropy")],
-    ids=["triplet-minibatch", "triplet-paper", "crossentropy"],
+     dict(loss="crossentropy"), dict(loss="triplet", crossentropy_weight=1.0)],
+    ids=["triplet-minibatch", "triplet-paper", "crossentropy", "triplet-with-crossentropy"],
 )
 def test_resume_continues_bit_for_bit(tmp_path, options):
     settings = TrainSettings(steps=6, windows_per_class=3, eval_every=2, checkpoint_every=3, margin_start=0.5, **options)
@@ -79,6 +79,24 @@ def test_training_changes_weights_and_finds_triplets(tmp_path):
     loop.run()
     assert len(counts) == 3 and sum(counts) > 0
     assert any(not torch.equal(before[k], v) for k, v in loop.module.state_dict().items())
+
+
+def test_crossentropy_weight_trains_a_cosine_classifier_beside_the_triplet_loss(tmp_path):
+    plain = make_loop(tmp_path / "plain", TrainSettings(steps=3, windows_per_class=3, eval_every=3))
+    assert plain.cosine_classifier is None
+    plain.run()
+    mixed = make_loop(tmp_path / "mixed", TrainSettings(steps=3, windows_per_class=3, eval_every=3,
+                                                        crossentropy_weight=1.0))
+    start = mixed.cosine_classifier.weight.detach().clone()
+    assert start.shape == (3, 8)  # species x the tiny network's embedding
+    mixed.run()
+    assert not torch.equal(start, mixed.cosine_classifier.weight)  # it is trained, in the optimiser
+    assert any(not torch.equal(v, mixed.module.state_dict()[k]) for k, v in plain.module.state_dict().items())
+    logits = mixed.cosine_classifier(torch.randn(5, 8))
+    assert logits.abs().max() <= 16.0 + 1e-5  # scale x cosine
+    for wrong in (dict(loss="crossentropy"), dict(triplet_update="paper")):
+        with pytest.raises(ValueError, match="crossentropy_weight"):
+            TrainSettings(steps=3, crossentropy_weight=1.0, **wrong)
 
 
 def test_weight_change_is_the_relative_distance_from_initialisation(tmp_path):

@@ -165,6 +165,9 @@ class Duration(click.ParamType):
               help="With --triplet-update paper: triplets per update.")
 @click.option("--windows-per-class", type=click.IntRange(min=2), default=5, show_default=True,
               help="Windows of every species in each mini-batch.")
+@click.option("--crossentropy-weight", type=click.FloatRange(min=0.0, max=10.0), default=0.0, show_default=True,
+              help="With the triplet loss: add this weight times the cross-entropy of a cosine-softmax classifier "
+                   "on the embedding, trained alongside and then discarded. 0: the paper's triplet loss alone.")
 @click.option("--distinct-clips/--any-clips", default=None,
               help="Draw a species' windows in a mini-batch from different clips, so that positive pairs "
                    "are different recordings. Default: --distinct-clips (compact), --any-clips (paper).")

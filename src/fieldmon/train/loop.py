@@ -127,7 +127,13 @@ class TrainingLoop:
         self.sampler = ClassBalancedSampler(
             data.labels.numpy(), settings.windows_per_class, settings.batch_size, settings.seed, clips
         )
-        self.optimizer = make_optimizer(_parameter_groups(module, settings.trunk_lr_scale), settings)
+        groups = _parameter_groups(module, settings.trunk_lr_scale)
+        # Trained beside the network and discarded with the loop: only the embedding is kept.
+        self.cosine_classifier = None
+        if self.triplet and settings.crossentropy_weight:
+            self.cosine_classifier = CosineClassifier(self._embedding_dim(), data.n_classes).to(device)
+            groups.append({"params": list(self.cosine_classifier.parameters())})
+        self.optimizer = make_optimizer(groups, settings)
         self.augment = tuple(settings.augment) if data.are_features else ()
         s = settings
         self.state = LoopState(
@@ -146,6 +152,11 @@ class TrainingLoop:
         self.selection_index = _evenly_spaced_per_class(data.labels.numpy(), SELECTION_WINDOWS // data.n_classes)
         generator = torch.Generator().manual_seed(s.seed)
         self.batch_norm_index = torch.randperm(len(data.labels), generator=generator)[:BATCH_NORM_WINDOWS]
+
+    @torch.no_grad()
+    def _embedding_dim(self) -> int:
+        self.module.eval()
+        return self.module(self.data.inputs[:1].to(self.device)).shape[1]
 
     def planned_steps(self) -> int | None:
         """Length of the learning-rate schedule: the step budget, the epochs' steps, or
@@ -311,7 +322,10 @@ class TrainingLoop:
         triplets = semi_hard_triplets(embeddings.detach(), labels, self.state.margin.value)
         margin = self._record_count(len(triplets))  # Algorithm 1: count, margin update, then loss
         loss = triplet_loss(embeddings, triplets, margin)
-        if len(triplets):
+        if self.cosine_classifier is not None:
+            loss = loss + self.settings.crossentropy_weight * nn.functional.cross_entropy(
+                self.cosine_classifier(embeddings), labels)
+        if len(triplets) or self.cosine_classifier is not None:
             self._update(loss)
         return float(loss.detach()), len(triplets)
 
@@ -412,6 +426,8 @@ class TrainingLoop:
         tensors.update({f"best.{k}": v for k, v in self.best_weights.items()})
         if self.averaged is not None:
             tensors.update({f"average.{k}": v for k, v in self.averaged.state_dict().items()})
+        if self.cosine_classifier is not None:
+            tensors.update({f"cosine.{k}": v for k, v in self.cosine_classifier.state_dict().items()})
         optim = self.optimizer.state_dict()
         for pid, pstate in optim["state"].items():
             for key, value in pstate.items():
@@ -447,6 +463,8 @@ class TrainingLoop:
         self.best_weights = {k[5:]: v.to(self.device) for k, v in tensors.items() if k.startswith("best.")}
         if self.averaged is not None:
             self.averaged.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("average.")})
+        if self.cosine_classifier is not None:
+            self.cosine_classifier.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("cosine.")})
         state = {
             int(pid): {key: tensors[f"optim.{pid}.{key}"] for key in keys}
             for pid, keys in meta["optimizer_state_keys"].items()
@@ -470,6 +488,19 @@ def read_checkpoint_meta(directory: Path) -> dict:
     if not path.is_file() or not (Path(directory) / CHECKPOINT_WEIGHTS).is_file():
         raise FileNotFoundError(f"no checkpoint in {directory}")
     return json.loads(path.read_text())
+
+
+class CosineClassifier(nn.Module):
+    """Logits ``scale * cos(embedding, class vector)``: a softmax that, like the nearest
+    class mean, depends on directions only (NormFace, Wang et al. 2017)."""
+
+    def __init__(self, dim: int, n_classes: int, scale: float = 16.0) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(n_classes, dim) / dim**0.5)
+        self.scale = scale
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        return self.scale * nn.functional.normalize(embeddings, dim=1) @ nn.functional.normalize(self.weight, dim=1).T
 
 
 def _parameter_groups(module: nn.Module, trunk_lr_scale: float) -> list[dict]:

@@ -35,6 +35,11 @@ class TrainSettings:
     triplet_update: str = "minibatch"
     triplet_batch: int = 50
     windows_per_class: int = 5
+    # With the triplet loss: add this weight times a cross-entropy of a cosine-softmax
+    # classifier on the embedding (unit-length class vectors, scale 16; fieldmon.train.loop.CosineClassifier),
+    # trained alongside the network and then discarded, as re-identification's "triplet
+    # + ID loss" recipes do. 0 is the paper's triplet loss alone. README, "The compact recipe".
+    crossentropy_weight: float = 0.0
     # Draw a species' windows in a mini-batch from different clips (see ClassBalancedSampler);
     # the paper draws them at random. README, "The compact recipe" and "Site models": the
     # same typical validation check, and site models no worse.
@@ -152,6 +157,11 @@ class TrainSettings:
         if self.band_limit not in BAND_LIMIT_CHOICES and not (
                 isinstance(self.band_limit, (int, float)) and self.band_limit > 0):
             raise ValueError(f"band_limit must be auto, none or a positive frequency in Hz, not {self.band_limit!r}")
+        if not 0.0 <= self.crossentropy_weight <= 10.0:
+            raise ValueError(f"crossentropy_weight must be from 0 to 10, not {self.crossentropy_weight}")
+        if self.crossentropy_weight and (self.loss != "triplet" or self.triplet_update != "minibatch"):
+            raise ValueError("crossentropy_weight adds to the triplet loss with one update per mini-batch "
+                             "(loss triplet, triplet_update minibatch)")
         if self.windows_per_class < 2:
             raise ValueError("windows_per_class must be at least 2 so that every species has a positive pair")
 
