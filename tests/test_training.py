@@ -246,9 +246,13 @@ def test_cli_base_training_and_resume_refusal(tmp_path):
     runner = CliRunner()
     args = ["train", str(manifest), "--out", str(tmp_path / "site"), "--base", str(tmp_path / "base"),
             "--steps", "20", "--windows-per-class", "3", "--eval-every", "10", "--cache", cache, "--dropout", "0",
-            "--freeze-trunk", "--open-set", "shared"]
+            "--freeze-trunk", "--open-set", "shared", "--quiet"]
     result = runner.invoke(main, args)
     assert result.exit_code == 0, result.output
+    # --quiet: no progress, but the outcome a cron log needs
+    lines = result.output.splitlines()
+    assert lines[-1].startswith("wrote model ") and any(line.startswith("validation macro-F1 per file") for line in lines)
+    assert not any(line.startswith(("step ", "computing ")) for line in lines), result.output
     site = load_model(tmp_path / "site")
     base = load_model(tmp_path / "base")
     assert site.training["base_model"] == base.model_id

@@ -223,7 +223,8 @@ class Duration(click.ParamType):
 @click.option("--add-verified", "verified", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="A review page's verdicts CSV: windows marked correct (or wrong with the right species) are cut "
                    "from the recordings into OUT/verified_clips and join the train split; see the README.")
-@click.option("--quiet", is_flag=True, help="Only the final lines, no progress.")
+@click.option("--quiet", is_flag=True, help="No progress: only warnings, how training ended, the final "
+                                           "validation score and where the model was written.")
 def train(clips, out, base, steps, epochs, time_budget, device, seed, resume, cache_dir, verified, quiet,
           **options) -> None:
     """Train a species model on labelled CLIPS: a folder with one sub-folder per
@@ -260,7 +261,7 @@ def train(clips, out, base, steps, epochs, time_budget, device, seed, resume, ca
         except ValueError as exc:
             raise click.UsageError(str(exc)) from exc
     display = TrainDisplay(quiet)
-    callbacks = TrainCallbacks(display.message, display.clips_found, display.step)
+    callbacks = TrainCallbacks(display.message, display.clips_found, display.step, display.result)
     try:
         run_training(clips, out, settings, base=base, device=device, cache_dir=cache_dir, resume=resume,
                      callbacks=callbacks, verified=verified)

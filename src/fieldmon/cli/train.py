@@ -19,6 +19,7 @@ class TrainDisplay:
 
     def __init__(self, quiet: bool = False, log_every: int = 10) -> None:
         self.console = Console(stderr=True, quiet=quiet)
+        self.result_console = Console(stderr=True)  # warnings and the outcome, even with --quiet
         self.interactive = self.console.is_terminal
         self.log_every = log_every
         self.progress: Progress | None = None
@@ -27,6 +28,10 @@ class TrainDisplay:
 
     def message(self, text: str) -> None:
         self.console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    def result(self, text: str) -> None:
+        self.close()  # a warning in the middle of a progress bar would be drawn over
+        self.result_console.print(text, markup=False, highlight=False, soft_wrap=True)
 
     def clips_found(self, clips: ClipSet) -> None:
         table = Table(title=f"{len(clips.clips)} clips of {len(clips.class_names)} species in {clips.source}")
@@ -68,6 +73,7 @@ class TrainDisplay:
     def close(self) -> None:
         if self.progress is not None:
             self.progress.stop()
+            self.progress = None
 
 
 def _remaining_seconds(report: StepReport, total: int | None, done: int) -> float | None:

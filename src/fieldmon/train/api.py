@@ -48,6 +48,12 @@ class TrainCallbacks:
     message: Callable[[str], None] = print
     clips_found: Callable[[ClipSet], None] | None = None
     step: Callable[[StepReport], None] | None = None
+    # Warnings, how training ended, the final score and where the model went: what a
+    # cron log needs (`fieldmon train --quiet` prints only these). None: ``message``.
+    result: Callable[[str], None] | None = None
+
+    def outcome(self, text: str) -> None:
+        (self.result or self.message)(text)
 
 
 def prepare_clips(source: str | Path, seed: int) -> ClipSet:
@@ -106,7 +112,7 @@ def train(
     if cb.clips_found:
         cb.clips_found(clips)
     for warning in clips.warnings:
-        cb.message(f"warning: {warning}")
+        cb.outcome(f"warning: {warning}")
     class_names = clips.class_names
 
     base_bundle = load_model(base) if base is not None else None
@@ -115,7 +121,7 @@ def train(
     feature_settings, band_note = limit_bands(clips.clips, base_bundle.feature_settings if base_bundle
                                               else FeatureSettings(), settings.band_limit)
     if band_note:
-        cb.message(band_note)
+        cb.outcome(band_note)
     cache_dir = Path(cache_dir) if cache_dir else None
     train_cache = FeatureCache(cache_dir, feature_settings, settings.hop_seconds)
     held_out_cache = FeatureCache(cache_dir, feature_settings, EVALUATION_HOP_SECONDS)
@@ -156,10 +162,10 @@ def train(
     loop.state.seconds += warm_up_seconds  # the warm-up spent part of the time budget
     state = loop.run()
     if state.interrupted:
-        cb.message("stopped early: the model is written from the best weights so far; "
+        cb.outcome("stopped early: the model is written from the best weights so far; "
                    "--resume with the same --out continues the training")
     elif state.out_of_time:
-        cb.message(f"time budget reached after {state.step} steps")
+        cb.outcome(f"time budget reached after {state.step} steps")
     loop.restore_best()
     module.eval()
     cb.message(f"selected the weights of step {state.best_step} (validation macro-F1 {state.best_metric:.3f})")
@@ -167,7 +173,7 @@ def train(
     start = "the base model's weights" if base_bundle is not None else "their random initialisation"
     cb.message(f"the selected weights lie {weight_change:.2%} from {start}")
     if weight_change < BARELY_TRAINED and base_bundle is None:
-        cb.message(f"warning: the network has barely left its random start (under {BARELY_TRAINED:.0%}); "
+        cb.outcome(f"warning: the network has barely left its random start (under {BARELY_TRAINED:.0%}); "
                    "the paper trained 150,000 updates, on a GPU (README, 'Training budget')")
 
     network = _full_network(module, base_bundle, settings)
@@ -216,10 +222,10 @@ def train(
         val = metrics["validation"]
         low, high = val["file_macro_f1_interval"]
         compared = f"; shallow baseline {baseline['validation']['file_macro_f1']:.3f}" if baseline else ""
-        cb.message(f"validation macro-F1 per file {val['file_macro_f1']:.3f} ({val['files']} files, 95 % bootstrap "
+        cb.outcome(f"validation macro-F1 per file {val['file_macro_f1']:.3f} ({val['files']} files, 95 % bootstrap "
                    f"interval {low:.2f}-{high:.2f}{compared}), per window {val['macro_f1']:.3f}")
         if val["files"] < 2 * len(class_names):
-            cb.message(f"note: {val['files']} validation files for {len(class_names)} species; the validation "
+            cb.outcome(f"note: {val['files']} validation files for {len(class_names)} species; the validation "
                        "files also chose the weights, so this estimate is optimistic and uncertain; score the "
                        "model on clips it has never seen with fieldmon evaluate")
     bundle.training = {
@@ -242,7 +248,7 @@ def train(
     bundle.provenance = provenance(data_manifest_hash=clips.manifest_hash(), clips_source=str(clips_source))
     bundle.save(out)
     _write_split(out / SPLIT_FILE, clips)
-    cb.message(f"wrote model {bundle.model_id} to {out}")
+    cb.outcome(f"wrote model {bundle.model_id} to {out}")
     return bundle
 
 
