@@ -459,12 +459,12 @@ class TrainingLoop:
     def load_checkpoint(self) -> None:
         meta = read_checkpoint_meta(self.checkpoint_dir)
         tensors = load_file(str(self.checkpoint_dir / CHECKPOINT_WEIGHTS))
-        self.module.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("module.")})
-        self.best_weights = {k[5:]: v.to(self.device) for k, v in tensors.items() if k.startswith("best.")}
+        self.module.load_state_dict(_under(tensors, "module."))
+        self.best_weights = {k: v.to(self.device) for k, v in _under(tensors, "best.").items()}
         if self.averaged is not None:
-            self.averaged.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("average.")})
+            self.averaged.load_state_dict(_under(tensors, "average."))
         if self.cosine_classifier is not None:
-            self.cosine_classifier.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("cosine.")})
+            self.cosine_classifier.load_state_dict(_under(tensors, "cosine."))
         state = {
             int(pid): {key: tensors[f"optim.{pid}.{key}"] for key in keys}
             for pid, keys in meta["optimizer_state_keys"].items()
@@ -488,6 +488,11 @@ def read_checkpoint_meta(directory: Path) -> dict:
     if not path.is_file() or not (Path(directory) / CHECKPOINT_WEIGHTS).is_file():
         raise FileNotFoundError(f"no checkpoint in {directory}")
     return json.loads(path.read_text())
+
+
+def _under(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors saved under ``prefix``, named without it."""
+    return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
 
 
 class CosineClassifier(nn.Module):
