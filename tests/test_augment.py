@@ -3,7 +3,10 @@
 import pytest
 import torch
 
+from fieldmon.features import FeatureSettings
 from fieldmon.train.augment import AUGMENTATIONS, augment
+
+BAND_TOPS_HZ = torch.from_numpy(FeatureSettings().band_upper_edges_hz).float()
 
 
 def _pulses(period: int, batch: int = 4) -> torch.Tensor:
@@ -16,9 +19,9 @@ def _pulses(period: int, batch: int = 4) -> torch.Tensor:
 @pytest.mark.parametrize("name", AUGMENTATIONS)
 def test_each_augmentation_keeps_shape_range_and_is_seeded(name):
     x = torch.rand(6, 3, 40, 200)
-    first = augment(x, (name,), torch.Generator().manual_seed(3))
-    again = augment(x, (name,), torch.Generator().manual_seed(3))
-    other = augment(x, (name,), torch.Generator().manual_seed(4))
+    first = augment(x, (name,), torch.Generator().manual_seed(3), BAND_TOPS_HZ)
+    again = augment(x, (name,), torch.Generator().manual_seed(3), BAND_TOPS_HZ)
+    other = augment(x, (name,), torch.Generator().manual_seed(4), BAND_TOPS_HZ)
     assert first.shape == x.shape
     assert float(first.min()) >= 0.0 and float(first.max()) <= 1.0 + 1e-6
     assert torch.equal(first, again)
@@ -60,3 +63,24 @@ def test_mix_adds_another_window_8_to_20_db_below_its_own_song():
     # 8-20 dB below the peak on the 80 dB scale: 1 - 20/80 .. 1 - 8/80.
     assert float(level[heard].min()) >= 0.75 - 1e-4 and float(level[heard].max()) <= 0.90 + 1e-4
     assert len(level[heard].unique()) > 1, "every window mixed at the same level"
+
+
+def test_lowpass_empties_the_bands_above_a_recorders_nyquist_frequency_in_half_the_windows():
+    x = 0.2 + 0.1 * torch.rand(64, 3, 40, 200, generator=torch.Generator().manual_seed(1))  # background
+    x[:, :, 38, :] = 1.0  # a song at about 20 kHz, the loudest sound
+    x[:, :, 5, :] = 0.6  # and a quieter one low down
+    out = augment(x, ("lowpass",), torch.Generator().manual_seed(0), BAND_TOPS_HZ)
+    cut = out[:, 0, 38, 0] == 0.0
+    assert 16 <= int(cut.sum()) <= 48, "about half the windows are band-limited"
+    assert torch.allclose(out[~cut], x[~cut])
+    # The low song is now the loudest sound of a band-limited window.
+    assert torch.allclose(out[cut][:, :, 5, :], torch.ones(1))
+    # Emptied from the band that a 16, 22.05, 24 or 32 kHz recording lacks upwards.
+    emptied = {int((out[i, 0, :, 0] == 0).sum()) for i in torch.nonzero(cut).flatten().tolist()}
+    tops = FeatureSettings().band_upper_edges_hz
+    assert emptied <= {int((tops > hz).sum()) for hz in (8000, 11025, 12000, 16000)} and len(emptied) > 1
+
+
+def test_lowpass_needs_the_band_edges():
+    with pytest.raises(ValueError, match="band_tops_hz"):
+        augment(torch.zeros(1, 3, 40, 200), ("lowpass",), torch.Generator())

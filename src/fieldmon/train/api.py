@@ -154,7 +154,8 @@ def train(
         warm_up_seconds = _warm_up_head(module, settings, splits, len(class_names), torch_device, cb)
     data = TrainingData(inputs["train"], torch.from_numpy(train_set.labels), inputs["validation"],
                         torch.from_numpy(val_set.labels), len(class_names), torch.from_numpy(train_set.clip_index),
-                        torch.from_numpy(val_set.clip_index))
+                        torch.from_numpy(val_set.clip_index),
+                        torch.from_numpy(feature_settings.band_upper_edges_hz.astype("float32")))
     loop = TrainingLoop(module, data, settings, torch_device, checkpoint_dir, cb.step, cb.message)
     if resume:
         loop.load_checkpoint()

@@ -18,6 +18,13 @@ response, and what else is heard; the augmentations imitate those:
 - ``stretch``: time stretched or compressed by up to 15 % (log-uniform), read
   circularly like ``roll``: insects and frogs sing faster when warmer, so the pulse
   and chirp rates of one species vary between recordings. Not in the default set.
+- ``mix``: another window of the mini-batch added underneath, 8 to 20 dB quieter in
+  power, for half the windows (a species is not learnt from its recordings'
+  background). Not in the default set.
+- ``lowpass``: for half the windows, the Mel bands above a common recorder's Nyquist
+  frequency (8, 11.025, 12 or 16 kHz: recordings at 16, 22.05, 24 or 32 kHz) are
+  emptied and the window re-referenced to its loudest remaining band, as a recording
+  at that rate looks once resampled to the model's rate. Not in the default set.
 
 Each draw comes from a generator seeded by the step, so a resumed run augments
 exactly as an uninterrupted one.
@@ -31,18 +38,25 @@ import torch
 
 # New augmentations go at the end: the order is the order of the random draws, so an
 # older run with the same names augments (and resumes) exactly as before.
-AUGMENTATIONS = ("roll", "specaugment", "noise-floor", "tilt", "stretch", "mix")
+AUGMENTATIONS = ("roll", "specaugment", "noise-floor", "tilt", "stretch", "mix", "lowpass")
 DEFAULT_AUGMENTATIONS = ("roll", "specaugment", "noise-floor", "tilt")
 
 
-def augment(windows: torch.Tensor, names: tuple[str, ...], generator: torch.Generator) -> torch.Tensor:
-    """``windows`` [B, channels, mels, frames] in [0, 1] -> augmented copies."""
+def augment(windows: torch.Tensor, names: tuple[str, ...], generator: torch.Generator,
+            band_tops_hz: torch.Tensor | None = None) -> torch.Tensor:
+    """``windows`` [B, channels, mels, frames] in [0, 1] -> augmented copies.
+    ``band_tops_hz``: where each Mel band ends (``FeatureSettings.band_upper_edges_hz``),
+    which ``lowpass`` needs."""
     unknown = set(names) - set(AUGMENTATIONS)
     if unknown:
         raise ValueError(f"unknown augmentation {sorted(unknown)[0]!r}; one of {', '.join(AUGMENTATIONS)}")
+    if "lowpass" in names and band_tops_hz is None:
+        raise ValueError("the lowpass augmentation needs the Mel bands' upper edges (band_tops_hz)")
     x = windows
     for name in AUGMENTATIONS:  # a fixed order, whatever order they were given in
-        if name in names:
+        if name == "lowpass" and name in names:
+            x = _lowpass(x, generator, band_tops_hz)
+        elif name in names:
             x = _FUNCTIONS[name](x, generator)
     return x
 
@@ -109,6 +123,22 @@ def _mix(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     power = 10.0 ** ((x - 1.0) * decades) + gain.view(b, 1, 1, 1).to(x) * 10.0 ** ((x[partner] - 1.0) * decades)
     peak = power.amax(dim=(2, 3), keepdim=True)
     return (1.0 + torch.log10(power / peak) / decades).clamp(min=0.0)
+
+
+RECORDER_NYQUIST_HZ = (8000.0, 11025.0, 12000.0, 16000.0)
+
+
+def _lowpass(x: torch.Tensor, g: torch.Generator, band_tops_hz: torch.Tensor) -> torch.Tensor:
+    b, _, m, _ = x.shape
+    choice = torch.randint(0, len(RECORDER_NYQUIST_HZ), (b,), generator=g)
+    cutoff = torch.tensor(RECORDER_NYQUIST_HZ)[choice].masked_fill(torch.rand(b, generator=g) >= 0.5, float("inf"))
+    above = (band_tops_hz.view(1, m) > cutoff.view(b, 1)).view(b, 1, m, 1).to(x.device)
+    x = x.masked_fill(above, 0.0)
+    # Features are dB below each channel's loudest bin: what is left is measured from
+    # its own peak, as it would be for a recording that never had the upper bands. Bins
+    # at the floor (the emptied bands among them) stay there.
+    peak = x.amax(dim=(2, 3), keepdim=True)
+    return torch.where(x > 0, (x - peak + 1.0).clamp(min=0.0), x)
 
 
 _FUNCTIONS = {"roll": _roll, "specaugment": _specaugment, "noise-floor": _noise_floor, "tilt": _tilt,

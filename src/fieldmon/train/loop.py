@@ -63,6 +63,7 @@ class TrainingData:
     n_classes: int
     clips: torch.Tensor | None = None  # the clip each training window was cut from
     val_clips: torch.Tensor | None = None  # the clip of each validation window (per-file scores)
+    band_tops_hz: torch.Tensor | None = None  # where each Mel band ends (the lowpass augmentation)
 
     @property
     def are_features(self) -> bool:
@@ -265,7 +266,7 @@ class TrainingLoop:
         x = self.data.inputs[idx]
         if self.augment:
             generator = torch.Generator().manual_seed(self.settings.seed * 1_000_003 + self.state.step)
-            x = augment(x, self.augment, generator)
+            x = augment(x, self.augment, generator, self.data.band_tops_hz)
         return x.to(self.device)
 
     def _update(self, loss: torch.Tensor) -> None:
