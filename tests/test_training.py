@@ -192,8 +192,7 @@ def test_train_and_evaluate_end_to_end_on_real_clips(tmp_path):
     # and with the lowpass augmentation, which needs the Mel bands' edges that train() hands the loop)
     messages = []
     train(manifest, tmp_path / "model2", replace(settings, open_set="nearest-window", augment=("lowpass",)),
-          cache_dir=cache,
-          network_settings=TINY, callbacks=TrainCallbacks(message=messages.append))
+          cache_dir=cache, network_settings=TINY, callbacks=TrainCallbacks(message=messages.append))
     assert any("9 clips from the cache, 0 computed" in m for m in messages)
     nearest = load_model(tmp_path / "model2")
     every_2s = FeatureCache(cache, nearest.feature_settings, EVALUATION_HOP_SECONDS)

@@ -33,6 +33,7 @@ exactly as an uninterrupted one.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 
@@ -52,12 +53,11 @@ def augment(windows: torch.Tensor, names: tuple[str, ...], generator: torch.Gene
         raise ValueError(f"unknown augmentation {sorted(unknown)[0]!r}; one of {', '.join(AUGMENTATIONS)}")
     if "lowpass" in names and band_tops_hz is None:
         raise ValueError("the lowpass augmentation needs the Mel bands' upper edges (band_tops_hz)")
+    functions = {**_FUNCTIONS, "lowpass": partial(_lowpass, band_tops_hz=band_tops_hz)}
     x = windows
     for name in AUGMENTATIONS:  # a fixed order, whatever order they were given in
-        if name == "lowpass" and name in names:
-            x = _lowpass(x, generator, band_tops_hz)
-        elif name in names:
-            x = _FUNCTIONS[name](x, generator)
+        if name in names:
+            x = functions[name](x, generator)
     return x
 
 
