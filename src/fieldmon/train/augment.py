@@ -93,7 +93,11 @@ def _tilt(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     b, _, m, _ = x.shape
     slope = (torch.rand(b, generator=g) - 0.5) * 0.2
     ramp = torch.linspace(-1.0, 1.0, m)
-    x = x + (slope[:, None] * ramp[None, :]).view(b, 1, m, 1).to(x.device)
+    return _from_peak(x + (slope[:, None] * ramp[None, :]).view(b, 1, m, 1).to(x.device))
+
+
+def _from_peak(x: torch.Tensor) -> torch.Tensor:
+    """Each channel measured again from its own loudest bin, as the features are."""
     return (x - x.amax(dim=(2, 3), keepdim=True) + 1.0).clamp(min=0.0)
 
 
@@ -134,11 +138,9 @@ def _lowpass(x: torch.Tensor, g: torch.Generator, band_tops_hz: torch.Tensor) ->
     cutoff = torch.tensor(RECORDER_NYQUIST_HZ)[choice].masked_fill(torch.rand(b, generator=g) >= 0.5, float("inf"))
     above = (band_tops_hz.view(1, m) > cutoff.view(b, 1)).view(b, 1, m, 1).to(x.device)
     x = x.masked_fill(above, 0.0)
-    # Features are dB below each channel's loudest bin: what is left is measured from
-    # its own peak, as it would be for a recording that never had the upper bands. Bins
-    # at the floor (the emptied bands among them) stay there.
-    peak = x.amax(dim=(2, 3), keepdim=True)
-    return torch.where(x > 0, (x - peak + 1.0).clamp(min=0.0), x)
+    # What is left is measured from its own peak, as it would be for a recording that
+    # never had the upper bands. Bins at the floor (the emptied bands among them) stay there.
+    return torch.where(x > 0, _from_peak(x), x)
 
 
 _FUNCTIONS = {"roll": _roll, "specaugment": _specaugment, "noise-floor": _noise_floor, "tilt": _tilt,
