@@ -84,3 +84,36 @@ def test_lowpass_empties_the_bands_above_a_recorders_nyquist_frequency_in_half_t
 def test_lowpass_needs_the_band_edges():
     with pytest.raises(ValueError, match="band_tops_hz"):
         augment(torch.zeros(1, 3, 40, 200), ("lowpass",), torch.Generator())
+
+
+def test_mel_shift_moves_a_tone_by_at_most_one_band_and_keeps_empty_bands_empty():
+    x = torch.zeros(64, 3, 40, 200)
+    x[:, :, 20, :] = 1.0
+    x[:, :, 8, :] = 0.5  # a quieter tone, 40 dB down
+    x[:, :, :35, -1] = 0.1  # a click in the last frame; the bands above it empty, as above a band limit
+    shifted = augment(x, ("mel-shift",), torch.Generator().manual_seed(0))
+    power = 10.0 ** ((shifted[:, 0, 15:26, 0] - 1.0) * 8.0)
+    centre = 15 + (power * torch.arange(11)).sum(1) / power.sum(1)
+    assert float((centre - 20).abs().max()) <= 1.0 + 1e-4
+    assert float((centre - 20).abs().max()) > 0.5, "no window moved by more than half a band"
+    assert len(set(centre.round(decimals=3).tolist())) > 10, "every window moved by the same amount"
+    assert torch.allclose(shifted.amax(dim=(2, 3)), torch.ones(64, 3))  # measured again from the peak
+    quiet = shifted[:, 0, 5:12, 0]
+    assert float(quiet.max()) < 0.55 and float(quiet.max(dim=1).values.min()) > 0.45  # still 40 dB down
+    assert float(shifted[:, :, 24:, :-1].abs().max()) == 0.0  # the floor stays at the floor
+    assert float(shifted[:, :, 34, -1].min()) > 0.0 and float(shifted[:, :, 35:, :].abs().max()) == 0.0
+
+
+def test_filter_colours_the_spectrum_by_at_most_12_db_and_keeps_time_untouched():
+    x = torch.full((64, 3, 40, 200), 0.5)
+    filtered = augment(x, ("filter",), torch.Generator().manual_seed(0))
+    response = filtered[:, 0, :, 0] * 80.0  # in dB
+    spread = response.amax(dim=1) - response.amin(dim=1)
+    assert float(spread.max()) <= 12.0 + 1e-3 and float(spread.min()) > 0.0
+    assert len(set(spread.round(decimals=2).tolist())) > 30, "every window coloured alike"
+    assert torch.equal(filtered, filtered[..., :1].expand_as(filtered))  # the same response in every frame
+    assert torch.equal(filtered[:, 0], filtered[:, 2])  # and in every channel
+    assert torch.allclose(filtered.amax(dim=(2, 3)), torch.ones(64, 3))
+    # Not a straight slope (tilt): some windows change direction along the Mel axis.
+    steps = response.diff(dim=1).sign()
+    assert int(((steps[:, 1:] * steps[:, :-1]) < 0).any(dim=1).sum()) > 10

@@ -157,7 +157,8 @@ class Duration(click.ParamType):
               help="Linear warm-up of the learning rate. Default: 50 (compact), 0 (paper).")
 @click.option("--augment", default=None, callback=lambda ctx, param, value: _augmentations(value, param),
               help="Comma-separated feature augmentations of training windows: roll, specaugment, noise-floor, "
-                   "tilt, stretch, mix, lowpass, or none. Default: roll,specaugment,noise-floor,tilt (compact), none (paper).")
+                   "tilt, stretch, mix, lowpass, mel-shift, filter, or none. "
+                   "Default: roll,specaugment,noise-floor,tilt (compact), none (paper).")
 @click.option("--triplet-update", type=click.Choice(["minibatch", "paper"]), default="minibatch", show_default=True,
               help="minibatch: one update per mini-batch over all its semi-hard triplets. "
                    "paper: updates on batches of at most --triplet-batch triplets, as in the paper.")

@@ -25,6 +25,15 @@ response, and what else is heard; the augmentations imitate those:
   frequency (8, 11.025, 12 or 16 kHz: recordings at 16, 22.05, 24 or 32 kHz) are
   emptied and the window re-referenced to its loudest remaining band, as a recording
   at that rate looks once resampled to the model's rate. Not in the default set.
+- ``mel-shift``: the whole window moved along the Mel axis by up to one band
+  (about 11 % in frequency above 1 kHz), a fraction of a band interpolated: the
+  carrier frequency of one species varies with body size and temperature. The top
+  bands that are empty in every window (above a band limit) stay empty. Not in the default set.
+- ``filter``: a random smooth frequency response (FilterAugment, linear type; Nam et
+  al. 2022): gains of up to +-6 dB at 3 to 6 random points along the Mel axis (the
+  two ends among them), interpolated linearly between them, then re-referenced to
+  the peak. Another recorder, microphone or habitat colours the spectrum in more
+  than a straight slope (``tilt``). Not in the default set.
 
 Each draw comes from a generator seeded by the step, so a resumed run augments
 exactly as an uninterrupted one.
@@ -39,7 +48,8 @@ import torch
 
 # New augmentations go at the end: the order is the order of the random draws, so an
 # older run with the same names augments (and resumes) exactly as before.
-AUGMENTATIONS = ("roll", "specaugment", "noise-floor", "tilt", "stretch", "mix", "lowpass")
+AUGMENTATIONS = ("roll", "specaugment", "noise-floor", "tilt", "stretch", "mix", "lowpass", "mel-shift",
+                 "filter")
 DEFAULT_AUGMENTATIONS = ("roll", "specaugment", "noise-floor", "tilt")
 
 
@@ -115,7 +125,7 @@ def _stretch(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return frames(before) * (1.0 - weight) + frames(after) * weight
 
 
-MIX_DB_RANGE = 80.0  # the features' scale: [0, 1] spans FeatureSettings.top_db
+FEATURE_DB_RANGE = 80.0  # the features' scale: [0, 1] spans FeatureSettings.top_db
 
 
 def _mix(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -123,7 +133,7 @@ def _mix(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     partner = torch.randperm(b, generator=g).to(x.device)
     quieter_db = 8.0 + 12.0 * torch.rand(b, generator=g)
     gain = (10.0 ** (-quieter_db / 10.0)) * (torch.rand(b, generator=g) < 0.5)
-    decades = MIX_DB_RANGE / 10.0
+    decades = FEATURE_DB_RANGE / 10.0
     power = 10.0 ** ((x - 1.0) * decades) + gain.view(b, 1, 1, 1).to(x) * 10.0 ** ((x[partner] - 1.0) * decades)
     peak = power.amax(dim=(2, 3), keepdim=True)
     return (1.0 + torch.log10(power / peak) / decades).clamp(min=0.0)
@@ -143,5 +153,53 @@ def _lowpass(x: torch.Tensor, g: torch.Generator, band_tops_hz: torch.Tensor) ->
     return torch.where(x > 0, _from_peak(x), x)
 
 
+MEL_SHIFT_BANDS = 1.0
+
+
+def _mel_shift(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    b, c, m, t = x.shape
+    shift = (torch.rand(b, generator=g) * 2.0 - 1.0) * MEL_SHIFT_BANDS
+    # Band i of the result reads band i - shift of the window; the edge bands repeat.
+    position = (torch.arange(m)[None, :] - shift[:, None]).clamp(0, m - 1)
+    below = position.floor().long()
+    above = (below + 1).clamp(max=m - 1)
+    weight = (position - below).to(x.dtype).view(b, 1, m, 1).to(x.device)
+
+    def bands(index: torch.Tensor) -> torch.Tensor:
+        return torch.gather(power, 2, index[:, None, :, None].expand(b, c, m, t).to(x.device))
+
+    # Interpolated in power, as a tone between two bands' centres shares its power
+    # between them; bins with nothing but floor on both sides stay at the floor.
+    decades = FEATURE_DB_RANGE / 10.0
+    power = 10.0 ** ((x - 1.0) * decades)
+    level = (1.0 + torch.log10(bands(below) * (1.0 - weight) + bands(above) * weight) / decades).clamp(min=0.0)
+    shifted = torch.where(level > 1e-4, _from_peak(level), torch.zeros_like(level))
+    # The top bands that a band limit empties are empty in every window of the batch.
+    silent = (x.amax(dim=(0, 1, 3)) == 0).flip(0).long()
+    shifted[:, :, m - int(silent.cumprod(0).sum()):, :] = 0.0
+    return shifted
+
+
+FILTER_DB = 6.0
+
+
+def _filter(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    b, _, m, _ = x.shape
+    points = torch.randint(3, 7, (b,), generator=g)
+    # Every window draws the most inner points and gains; it uses as many as it needs.
+    inner = torch.rand(b, 4, generator=g) * (m - 1)
+    gains = (torch.rand(b, 6, generator=g) * 2.0 - 1.0) * FILTER_DB / FEATURE_DB_RANGE
+    bands = torch.arange(m, dtype=x.dtype)
+    response = torch.empty(b, m, dtype=x.dtype)
+    for i in range(b):
+        knots = torch.cat([torch.zeros(1), inner[i, : points[i] - 2].sort().values, torch.full((1,), m - 1.0)])
+        right = torch.searchsorted(knots, bands, right=True).clamp(1, len(knots) - 1)
+        left = right - 1
+        weight = ((bands - knots[left]) / (knots[right] - knots[left]).clamp(min=1e-6)).clamp(0, 1)
+        values = gains[i, : len(knots)]
+        response[i] = values[left] * (1 - weight) + values[right] * weight
+    return _from_peak(x + response.view(b, 1, m, 1).to(x.device))
+
+
 _FUNCTIONS = {"roll": _roll, "specaugment": _specaugment, "noise-floor": _noise_floor, "tilt": _tilt,
-              "stretch": _stretch, "mix": _mix}
+              "stretch": _stretch, "mix": _mix, "mel-shift": _mel_shift, "filter": _filter}
