@@ -112,17 +112,25 @@ def _from_peak(x: torch.Tensor) -> torch.Tensor:
 
 
 def _stretch(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    b, c, m, t = x.shape
+    b, _, _, t = x.shape
     factor = torch.exp((torch.rand(b, generator=g) * 2.0 - 1.0) * math.log(1.15))
     position = (torch.arange(t)[None, :] * factor[:, None]) % t
     before = position.floor().long()
-    after = (before + 1) % t
-    weight = (position - before).to(x.dtype).view(b, 1, 1, t).to(x.device)
+    return _between(x, 3, before, (before + 1) % t, position - before)
 
-    def frames(index: torch.Tensor) -> torch.Tensor:
-        return torch.gather(x, 3, index[:, None, None, :].expand(b, c, m, t).to(x.device))
 
-    return frames(before) * (1.0 - weight) + frames(after) * weight
+def _between(x: torch.Tensor, dim: int, before: torch.Tensor, after: torch.Tensor,
+             weight: torch.Tensor) -> torch.Tensor:
+    """Linear interpolation along ``dim`` (2: Mel, 3: time) of ``x`` [B, C, M, T] between
+    the positions ``before`` and ``after`` [B, length of dim], ``weight`` of the way."""
+    shape = [len(x), 1, 1, 1]
+    shape[dim] = x.shape[dim]
+
+    def read(index: torch.Tensor) -> torch.Tensor:
+        return torch.gather(x, dim, index.view(shape).expand(x.shape).to(x.device))
+
+    weight = weight.to(x.dtype).view(shape).to(x.device)
+    return read(before) * (1.0 - weight) + read(after) * weight
 
 
 FEATURE_DB_RANGE = 80.0  # the features' scale: [0, 1] spans FeatureSettings.top_db
@@ -133,10 +141,18 @@ def _mix(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     partner = torch.randperm(b, generator=g).to(x.device)
     quieter_db = 8.0 + 12.0 * torch.rand(b, generator=g)
     gain = (10.0 ** (-quieter_db / 10.0)) * (torch.rand(b, generator=g) < 0.5)
-    decades = FEATURE_DB_RANGE / 10.0
-    power = 10.0 ** ((x - 1.0) * decades) + gain.view(b, 1, 1, 1).to(x) * 10.0 ** ((x[partner] - 1.0) * decades)
-    peak = power.amax(dim=(2, 3), keepdim=True)
-    return (1.0 + torch.log10(power / peak) / decades).clamp(min=0.0)
+    power = _power(x) + gain.view(b, 1, 1, 1).to(x) * _power(x[partner])
+    return _level(power / power.amax(dim=(2, 3), keepdim=True))
+
+
+def _power(x: torch.Tensor) -> torch.Tensor:
+    """Features (dB over FEATURE_DB_RANGE, 1 at the peak) -> power relative to the peak."""
+    return 10.0 ** ((x - 1.0) * (FEATURE_DB_RANGE / 10.0))
+
+
+def _level(power: torch.Tensor) -> torch.Tensor:
+    """The inverse of _power, floored at the features' floor."""
+    return (1.0 + torch.log10(power) / (FEATURE_DB_RANGE / 10.0)).clamp(min=0.0)
 
 
 RECORDER_NYQUIST_HZ = (8000.0, 11025.0, 12000.0, 16000.0)
@@ -157,23 +173,15 @@ MEL_SHIFT_BANDS = 1.0
 
 
 def _mel_shift(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    b, c, m, t = x.shape
+    b, _, m, _ = x.shape
     shift = (torch.rand(b, generator=g) * 2.0 - 1.0) * MEL_SHIFT_BANDS
     # Band i of the result reads band i - shift of the window; the edge bands repeat.
     position = (torch.arange(m)[None, :] - shift[:, None]).clamp(0, m - 1)
     below = position.floor().long()
-    above = (below + 1).clamp(max=m - 1)
-    weight = (position - below).to(x.dtype).view(b, 1, m, 1).to(x.device)
-
-    def bands(index: torch.Tensor) -> torch.Tensor:
-        return torch.gather(power, 2, index[:, None, :, None].expand(b, c, m, t).to(x.device))
-
     # Interpolated in power, as a tone between two bands' centres shares its power
     # between them; bins with nothing but floor on both sides stay at the floor.
-    decades = FEATURE_DB_RANGE / 10.0
-    power = 10.0 ** ((x - 1.0) * decades)
-    level = (1.0 + torch.log10(bands(below) * (1.0 - weight) + bands(above) * weight) / decades).clamp(min=0.0)
-    shifted = torch.where(level > 1e-4, _from_peak(level), torch.zeros_like(level))
+    level = _level(_between(_power(x), 2, below, (below + 1).clamp(max=m - 1), position - below))
+    shifted = torch.where(level > 1e-4, _from_peak(level), 0.0)
     # The top bands that a band limit empties are empty in every window of the batch.
     silent = (x.amax(dim=(0, 1, 3)) == 0).flip(0).long()
     shifted[:, :, m - int(silent.cumprod(0).sum()):, :] = 0.0
