@@ -130,6 +130,25 @@ def test_compact_stem_can_fold_finer_mel_bands_into_the_same_rows():
     assert CompactSettings.from_dict(legacy).stem_kernel == (3, 3)
 
 
+def test_compact_statistics_pooling_adds_each_maps_deviation_over_time():
+    pooled = CompactSettings(pooling="mean-std")
+    assert pooled.trunk_dim == 128 and CompactSettings().trunk_dim == 64
+    net = CompactCNN(pooled).eval()
+    assert count_parameters(net) == COMPACT_PARAMETERS + 64 * 256  # only the first dense layer grows
+    x = torch.rand(3, 3, 40, 200)
+    maps = net.trunk.layers(x).flatten(2)
+    trunk = net.trunk(x)
+    assert torch.allclose(trunk[:, :64], maps.mean(dim=2), atol=1e-6)
+    assert torch.allclose(trunk[:, 64:], maps.std(dim=2, unbiased=False), atol=4e-3)  # floored at 0.003
+    assert net(x).shape == (3, 128)
+    assert CompactSettings.from_dict(pooled.to_dict()) == pooled
+    legacy = CompactSettings().to_dict()
+    del legacy["pooling"]  # compact bundles written before the setting existed
+    assert CompactSettings.from_dict(legacy).pooling == "mean"
+    with pytest.raises(ValueError, match="pooling must be one of mean, mean-std"):
+        CompactSettings(pooling="max")
+
+
 def test_compact_crossentropy_variant_and_settings_round_trip():
     net = CompactCNN(n_classes=5)
     assert net(torch.rand(2, 3, 40, 200)).shape == (2, 5) and not net.is_embedding

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import os
@@ -46,8 +47,8 @@ def make_loop(tmp: Path, settings: TrainSettings) -> TrainingLoop:
 @pytest.mark.parametrize(
     "options",
     [dict(loss="triplet"), dict(loss="triplet", triplet_update="paper", triplet_batch=4),
-     dict(loss="crossentropy"), dict(loss="triplet", crossentropy_weight=1.0)],
-    ids=["triplet-minibatch", "triplet-paper", "crossentropy", "triplet-with-crossentropy"],
+     dict(loss="crossentropy"), dict(loss="triplet", crossentropy_weight=1.0), dict(loss="triplet", sam_rho=0.05)],
+    ids=["triplet-minibatch", "triplet-paper", "crossentropy", "triplet-with-crossentropy", "triplet-sam"],
 )
 def test_resume_continues_bit_for_bit(tmp_path, options):
     settings = TrainSettings(steps=6, windows_per_class=3, eval_every=2, checkpoint_every=3, margin_start=0.5, **options)
@@ -97,6 +98,39 @@ def test_crossentropy_weight_trains_a_cosine_classifier_beside_the_triplet_loss(
     for wrong in (dict(loss="crossentropy"), dict(triplet_update="paper")):
         with pytest.raises(ValueError, match="crossentropy_weight"):
             TrainSettings(steps=3, crossentropy_weight=1.0, **wrong)
+
+
+def test_sharpness_aware_gradient_is_taken_rho_along_the_gradient_and_the_weights_stay(tmp_path):
+    torch.manual_seed(0)
+    module = build_network("compact", TINY_COMPACT)
+    settings = TrainSettings(steps=1, windows_per_class=3, sam_rho=0.05)
+    loop = TrainingLoop(module, synthetic_data(), settings, torch.device("cpu"), tmp_path, on_message=lambda t: None)
+    inputs = synthetic_data().inputs[:9]
+
+    def loss() -> torch.Tensor:
+        return (module(inputs)[:, 0] * torch.arange(9.0)).sum()
+
+    loss().backward()
+    after_first_pass = {k: v.clone() for k, v in module.state_dict().items()}
+    gradient = {n: p.grad.clone() for n, p in module.named_parameters()}
+    norm = torch.linalg.vector_norm(torch.cat([g.flatten() for g in gradient.values()]))
+    loop._sharpness_aware_gradient(loss)
+
+    shifted = copy.deepcopy(module)
+    with torch.no_grad():
+        for n, p in shifted.named_parameters():
+            p.add_(gradient[n] * 0.05 / norm)
+    shifted.zero_grad()
+    (shifted(inputs)[:, 0] * torch.arange(9.0)).sum().backward()
+    for n, p in module.named_parameters():
+        assert torch.allclose(p.grad, dict(shifted.named_parameters())[n].grad, rtol=1e-4, atol=1e-4), n
+        assert not torch.equal(p.grad, gradient[n]) or not gradient[n].any(), n
+    for k, v in module.state_dict().items():
+        # the weights are back (up to rounding); batch normalisation counted the mini-batch once
+        assert torch.allclose(v.float(), after_first_pass[k].float(), rtol=0, atol=1e-6), k
+    for wrong in (dict(loss="crossentropy"), dict(triplet_update="paper")):
+        with pytest.raises(ValueError, match="sam_rho"):
+            TrainSettings(steps=3, sam_rho=0.05, **wrong)
 
 
 def test_weight_change_is_the_relative_distance_from_initialisation(tmp_path):

@@ -185,6 +185,9 @@ class Duration(click.ParamType):
               help="Seconds between training windows.")
 @click.option("--weight-decay", type=NON_NEGATIVE, default=1e-4, show_default=True,
               help="Weight decay of the network's optimiser.")
+@click.option("--sam-rho", type=click.FloatRange(min=0.0, max=1.0), default=0.0, show_default=True,
+              help="Sharpness-aware minimisation: take each mini-batch's gradient again at the weights this far "
+                   "along its first gradient (e.g. 0.05; twice the cost per step). 0: plain updates.")
 @click.option("--average", type=click.FloatRange(min=0.0, max=1.0, min_open=True, max_open=True), default=None,
               help="Validate and keep an exponential moving average of the weights with this decay per step "
                    "(e.g. 0.995) instead of the weights themselves.")

@@ -39,6 +39,9 @@ from fieldmon.model.network import DenseHead, he_init
 from fieldmon.settings import settings_from_dict, settings_to_dict
 
 
+POOLINGS = ("mean", "mean-std")
+
+
 @dataclass(frozen=True)
 class CompactSettings:
     in_channels: int = 3
@@ -55,6 +58,10 @@ class CompactSettings:
     strand_kernels: tuple[int, ...] = (3, 5, 7)
     dense_units: tuple[int, ...] = (256, 128, 128)
     dropout: float = 0.0
+    # How the last maps are summarised over time: "mean" (the paper's global average) or
+    # "mean-std" (statistics pooling: each map's mean and standard deviation over time),
+    # which keeps how a song's energy varies from frame to frame after the average.
+    pooling: str = "mean"
 
     def __post_init__(self) -> None:
         n = len(self.strand_channels)
@@ -65,6 +72,8 @@ class CompactSettings:
             height = -(-height // mel_stride)
         if height != 1:
             raise ValueError(f"the strides reduce {self.n_mels} Mel bands to {height}, not 1")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, not {self.pooling!r}")
 
     @property
     def embedding_dim(self) -> int:
@@ -72,7 +81,7 @@ class CompactSettings:
 
     @property
     def trunk_dim(self) -> int:
-        return self.transition_channels[-1]
+        return self.transition_channels[-1] * (2 if self.pooling == "mean-std" else 1)
 
     def to_dict(self) -> dict:
         out = settings_to_dict(self)
@@ -132,9 +141,16 @@ class CompactTrunk(nn.Module):
             cin = cout
         self.layers = nn.Sequential(*layers)
         self.out_channels = cin
+        self.pooling = s.pooling
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.layers(features).mean(dim=(2, 3))
+        maps = self.layers(features).flatten(2)  # one Mel row is left: [B, C, frames]
+        mean = maps.mean(dim=2)
+        if self.pooling == "mean":
+            return mean
+        # The floor keeps the gradient of a constant map's deviation finite.
+        deviation = (maps.var(dim=2, unbiased=False) + 1e-5).sqrt()
+        return torch.cat([mean, deviation], dim=1)
 
 
 class CompactCNN(nn.Module):

@@ -14,6 +14,7 @@ triplet-batch variant, the triplets still pending from the current mini-batch.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -269,12 +270,30 @@ class TrainingLoop:
             x = augment(x, self.augment, generator, self.data.band_tops_hz)
         return x.to(self.device)
 
-    def _update(self, loss: torch.Tensor) -> None:
+    def _update(self, loss: torch.Tensor, again: Callable[[], torch.Tensor] | None = None) -> None:
+        """One optimiser step on ``loss``; with settings.sam_rho, on the gradient of
+        ``again()`` (the same mini-batch's loss recomputed) at the sharpness-aware point."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.settings.sam_rho and again is not None:
+            self._sharpness_aware_gradient(again)
         self.optimizer.step()
         if self.averaged is not None:
             self._update_average()
+
+    def _sharpness_aware_gradient(self, again: Callable[[], torch.Tensor]) -> None:
+        params = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
+        offsets = [p.grad * (self.settings.sam_rho / (norm + 1e-12)) for p in params]
+        with torch.no_grad():
+            for p, offset in zip(params, offsets):
+                p.add_(offset)
+        self.optimizer.zero_grad(set_to_none=True)
+        with _batch_norm_statistics_frozen(self.module):  # one mini-batch, counted once
+            again().backward()
+        with torch.no_grad():
+            for p, offset in zip(params, offsets):
+                p.sub_(offset)
 
     @torch.no_grad()
     def _update_average(self) -> None:
@@ -319,15 +338,21 @@ class TrainingLoop:
     def _minibatch_triplet_step(self) -> tuple[float, int]:
         idx = self._next_minibatch()
         labels = self.data.labels[idx].to(self.device)
-        embeddings = self.module(self._inputs(idx))
+        inputs = self._inputs(idx)
+        embeddings = self.module(inputs)
         triplets = semi_hard_triplets(embeddings.detach(), labels, self.state.margin.value)
         margin = self._record_count(len(triplets))  # Algorithm 1: count, margin update, then loss
-        loss = triplet_loss(embeddings, triplets, margin)
-        if self.cosine_classifier is not None:
-            loss = loss + self.settings.crossentropy_weight * nn.functional.cross_entropy(
-                self.cosine_classifier(embeddings), labels)
+
+        def loss_of(embeddings: torch.Tensor) -> torch.Tensor:
+            loss = triplet_loss(embeddings, triplets, margin)
+            if self.cosine_classifier is not None:
+                loss = loss + self.settings.crossentropy_weight * nn.functional.cross_entropy(
+                    self.cosine_classifier(embeddings), labels)
+            return loss
+
+        loss = loss_of(embeddings)
         if len(triplets) or self.cosine_classifier is not None:
-            self._update(loss)
+            self._update(loss, again=lambda: loss_of(self.module(inputs)))
         return float(loss.detach()), len(triplets)
 
     def _paper_triplet_step(self) -> tuple[float, int | None]:
@@ -517,6 +542,23 @@ def _parameter_groups(module: nn.Module, trunk_lr_scale: float) -> list[dict]:
     in_trunk = {id(p) for p in trunk.parameters()}
     return [{"params": [p for p in trainable if id(p) in in_trunk], "lr_scale": trunk_lr_scale},
             {"params": [p for p in trainable if id(p) not in in_trunk]}]
+
+
+@contextlib.contextmanager
+def _batch_norm_statistics_frozen(module: nn.Module):
+    """Batch normalisation still normalises by the batch's statistics, but leaves its
+    running averages as they are (momentum 0)."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    tracked = [m.num_batches_tracked.clone() for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum, count in zip(norms, momenta, tracked):
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(count)
 
 
 def make_optimizer(params: list, settings: TrainSettings) -> torch.optim.Optimizer:

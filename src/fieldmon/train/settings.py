@@ -62,6 +62,10 @@ class TrainSettings:
     # model keeps more of what its convolutions learnt (layer-wise learning rates).
     trunk_lr_scale: float = 1.0
     weight_decay: float = 1e-4
+    # Sharpness-aware minimisation (Foret et al. 2021): each mini-batch's gradient is
+    # taken again at the weights this far (L2, over all weights) along its first gradient,
+    # the worst nearby point, at twice the cost per step. 0: plain updates.
+    sam_rho: float = 0.0
     # Adagrad's starting sum of squared gradients. 0.1 is the default of the Keras /
     # TensorFlow Adagrad that the paper's "Adagrad, lr 1e-3" (tf.keras's own default
     # lr) most likely ran with; torch's default, 0, makes every first update a full
@@ -161,6 +165,11 @@ class TrainSettings:
             raise ValueError(f"crossentropy_weight must be from 0 to 10, not {self.crossentropy_weight}")
         if self.crossentropy_weight and (self.loss != "triplet" or self.triplet_update != "minibatch"):
             raise ValueError("crossentropy_weight adds to the triplet loss with one update per mini-batch "
+                             "(loss triplet, triplet_update minibatch)")
+        if not 0.0 <= self.sam_rho <= 1.0:
+            raise ValueError(f"sam_rho must be from 0 to 1, not {self.sam_rho}")
+        if self.sam_rho and (self.loss != "triplet" or self.triplet_update != "minibatch"):
+            raise ValueError("sam_rho applies to the triplet loss with one update per mini-batch "
                              "(loss triplet, triplet_update minibatch)")
         if self.windows_per_class < 2:
             raise ValueError("windows_per_class must be at least 2 so that every species has a positive pair")
