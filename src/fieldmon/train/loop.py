@@ -544,11 +544,15 @@ def _parameter_groups(module: nn.Module, trunk_lr_scale: float) -> list[dict]:
             {"params": [p for p in trainable if id(p) not in in_trunk]}]
 
 
+def _batch_norms(module: nn.Module) -> list[nn.Module]:
+    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
 @contextlib.contextmanager
 def _batch_norm_statistics_frozen(module: nn.Module):
     """Batch normalisation still normalises by the batch's statistics, but leaves its
     running averages as they are (momentum 0)."""
-    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    norms = _batch_norms(module)
     momenta = [m.momentum for m in norms]
     tracked = [m.num_batches_tracked.clone() for m in norms]
     for m in norms:
@@ -584,7 +588,7 @@ def fit_batch_norm(network: nn.Module, inputs: torch.Tensor, device: torch.devic
     their plain average over ``inputs``, run through the network in batches with only
     those layers in training mode (dropout stays off). ``inputs`` should be shuffled:
     the statistics average within-batch variances."""
-    norms = [m for m in network.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    norms = _batch_norms(network)
     if not norms:
         return
     was_training, momenta = network.training, [m.momentum for m in norms]
