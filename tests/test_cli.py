@@ -46,7 +46,7 @@ SWEEP = {
         ("--augment", "reverse"), ("--device", "tpu"), ("--seed", "-1"), ("--warmup-steps", "-5"),
         ("--head-warmup", "-1"), ("--band-limit", "30000"), ("--band-limit", "0"), ("--band-limit", "low"),
         ("--open-set", "wide"), ("--crossentropy-weight", "-1"), ("--crossentropy-weight", "11"),
-        ("--sam-rho", "-0.01"), ("--sam-rho", "2"),
+        ("--sam-rho", "-0.01"), ("--sam-rho", "2"), ("--pooling", "max"),
     ]),
     "clips": (["DET", "--out", "OUT/c"], [("--per-species", "-1"), ("--per-species", "0"), ("--min-score", "3")]),
     "report": (["DET", "--out", "OUT/r"], [("--min-score", "-1"), ("--model", "/nonexistent/model")]),

@@ -311,6 +311,29 @@ def test_cli_base_training_and_resume_refusal(tmp_path):
         TrainSettings(steps=1, dropout=1.0)
 
 
+def test_pooling_option_trains_statistics_pooling_and_a_base_keeps_its_layout(tmp_path):
+    manifest = small_manifest(tmp_path)
+    runner = CliRunner()
+    args = ["train", str(manifest), "--steps", "2", "--windows-per-class", "3", "--eval-every", "2",
+            "--cache", str(tmp_path / "cache"), "--no-baseline", "--quiet"]
+    result = runner.invoke(main, args + ["--out", str(tmp_path / "stats"), "--pooling", "mean-std"])
+    assert result.exit_code == 0, result.output
+    model = load_model(tmp_path / "stats")
+    assert model.network.settings.pooling == "mean-std" and model.network.settings.trunk_dim == 128
+    assert model.training["settings"]["pooling"] == "mean-std"
+    refused = runner.invoke(main, args + ["--out", str(tmp_path / "p"), "--network", "paper", "--pooling", "mean"])
+    assert refused.exit_code == 2 and "pooling applies to the compact network" in refused.output
+    refused = runner.invoke(main, args + ["--out", str(tmp_path / "s"), "--base", str(tmp_path / "stats"),
+                                          "--pooling", "mean"])
+    assert refused.exit_code == 2 and "--pooling does not apply with --base" in refused.output
+    # through the Python API too: a base's layout is what a model trained from it has
+    with pytest.raises(ValueError, match="keeps the base's layout .compact network, pooling mean-std"):
+        train(manifest, tmp_path / "s", TrainSettings(steps=1, pooling="mean"), base=tmp_path / "stats",
+              cache_dir=tmp_path / "cache", callbacks=QUIET)
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        TrainSettings(steps=1, pooling="max")
+
+
 def test_cli_requires_a_budget_and_reports_bad_clips(tmp_path):
     runner = CliRunner()
     (tmp_path / "clips" / "empty_species").mkdir(parents=True)

@@ -193,6 +193,9 @@ class Duration(click.ParamType):
                    "(e.g. 0.995) instead of the weights themselves.")
 @click.option("--dropout", type=click.FloatRange(min=0.0, max=1.0, max_open=True), default=None,
               help="Dropout before each dense layer while training (default: the network's; compact 0, paper 0.5).")
+@click.option("--pooling", type=click.Choice(["mean", "mean-std"]), default=None,
+              help="How the compact network pools its last maps over time: mean, or mean-std (statistics "
+                   "pooling: each map's mean and standard deviation). Default: mean.")
 @click.option("--adagrad-initial-accumulator", type=NON_NEGATIVE, default=0.1, show_default=True,
               help="Adagrad's starting sum of squares (Keras/TensorFlow's default; 0 is torch's).")
 @click.option("--margin-start", type=click.FloatRange(min=0.0, max=4.0), default=0.2, show_default=True,
@@ -244,6 +247,8 @@ def train(clips, out, base, steps, epochs, time_budget, device, seed, resume, ca
 
     if base is not None and options["network"] is not None:
         raise click.UsageError("--network does not apply with --base: the base model's network is trained")
+    if base is not None and options["pooling"] is not None:
+        raise click.UsageError("--pooling does not apply with --base: the base model's layout is trained")
     if options["freeze_trunk"] and base is None:
         raise click.UsageError("--freeze-trunk needs --base: the trunk to freeze is the base model's")
     if options["head_warmup_steps"] and (base is None or options["freeze_trunk"]):

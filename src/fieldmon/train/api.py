@@ -117,6 +117,11 @@ def train(
 
     base_bundle = load_model(base) if base is not None else None
     if base_bundle is not None:
+        base_pooling = getattr(base_bundle.network.settings, "pooling", None)
+        if settings.pooling not in (None, base_pooling):
+            raise ValueError(f"pooling {settings.pooling} does not apply with --base {base_bundle.model_id}: a model "
+                             f"trained from a base keeps the base's layout ({network_kind(base_bundle.network)} network"
+                             f"{', pooling ' + base_pooling if base_pooling else ''})")
         settings = replace(settings, network=network_kind(base_bundle.network))
     feature_settings, band_note = limit_bands(clips.clips, base_bundle.feature_settings if base_bundle
                                               else FeatureSettings(), settings.band_limit)
@@ -296,7 +301,7 @@ def _module_and_inputs(
     if base is not None and settings.loss != "triplet":
         raise ValueError("--base trains an embedding network with the triplet loss; --loss crossentropy does not apply")
     if base is not None and not settings.freeze_trunk:
-        network = build_network(settings.network, _with_dropout(base.network.settings, settings))
+        network = build_network(settings.network, _with_layout(base.network.settings, settings))
         network.load_state_dict(base.network.state_dict())
         return network, {name: as_inputs(split.features) for name, split in splits.items()}
     if base is None:
@@ -305,11 +310,11 @@ def _module_and_inputs(
         expected = settings_class(settings.network)
         if network_settings is not None and not isinstance(network_settings, expected):
             raise ValueError(f"network_settings must be {expected.__name__} for network {settings.network!r}")
-        network = _with_dropout(network_settings or expected(), settings)
+        network = _with_layout(network_settings or expected(), settings)
         return build_network(settings.network, network, n_classes=n_outputs), inputs
     trunk = base.network.trunk.to(device).eval()
     cb.message(f"computing trunk outputs of base model {base.model_id}")
-    net = _with_dropout(base.network.settings, settings)
+    net = _with_layout(base.network.settings, settings)
     inputs = {name: _trunk_outputs(trunk, split.features, device, net.trunk_dim) for name, split in splits.items()}
     return DenseHead(net, net.embedding_dim, normalize=True), inputs
 
@@ -340,14 +345,16 @@ def _warm_up_head(network: torch.nn.Module, settings: TrainSettings, splits: dic
     return time.perf_counter() - started
 
 
-def _with_dropout(network, settings: TrainSettings):
-    return network if settings.dropout is None else replace(network, dropout=settings.dropout)
+def _with_layout(network, settings: TrainSettings):
+    """``network``'s settings with the dropout and pooling that ``settings`` ask for."""
+    asked = {"dropout": settings.dropout, "pooling": settings.pooling}
+    return replace(network, **{name: value for name, value in asked.items() if value is not None})
 
 
 def _full_network(module: torch.nn.Module, base: ModelBundle | None, settings: TrainSettings) -> torch.nn.Module:
     if base is None or not settings.freeze_trunk:
         return module
-    network = build_network(settings.network, _with_dropout(base.network.settings, settings))
+    network = build_network(settings.network, _with_layout(base.network.settings, settings))
     network.trunk.load_state_dict(base.network.trunk.state_dict())
     network.head.load_state_dict(module.state_dict())
     return network

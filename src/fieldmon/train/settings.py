@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from fieldmon.model.compact import POOLINGS
 from fieldmon.model.networks import NETWORKS
 from fieldmon.model.openset import OPEN_SET_KINDS
 from fieldmon.settings import settings_from_dict, settings_to_dict
@@ -93,6 +94,9 @@ class TrainSettings:
     # Dropout before each dense layer while training; None keeps the network's own (the
     # paper's 0.5). A named variant: see README, "Training budget".
     dropout: float | None = None
+    # How the compact network pools its last maps over time (CompactSettings.pooling):
+    # "mean", or "mean-std" (statistics pooling); None keeps the network's own ("mean").
+    pooling: str | None = None
     mlp_learning_rate: float = 1e-3
     # The paper's MLP L2 is 1e-4; on the compact network's embeddings 1e-3 scored higher
     # on validation (README, "Training").
@@ -150,6 +154,10 @@ class TrainSettings:
             raise ValueError(f"the time budget must be positive, not {self.time_budget_seconds}")
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), not {self.dropout}")
+        if self.pooling is not None and self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, not {self.pooling!r}")
+        if self.pooling is not None and self.network != "compact":
+            raise ValueError("pooling applies to the compact network")
         if not 0.0 < self.trunk_lr_scale <= 1.0:
             raise ValueError(f"trunk_lr_scale must be in (0, 1], not {self.trunk_lr_scale}")
         if self.average is not None and not 0.0 < self.average < 1.0:
