@@ -289,8 +289,11 @@ class TrainingLoop:
             for p, offset in zip(params, offsets):
                 p.add_(offset)
         self.optimizer.zero_grad(set_to_none=True)
-        with _batch_norm_statistics_frozen(self.module):  # one mini-batch, counted once
+        with _batch_norm_momentum(self.module, 0.0) as norms:  # one mini-batch, counted once
+            counts = [m.num_batches_tracked.clone() for m in norms]
             again().backward()
+            for m, count in zip(norms, counts):
+                m.num_batches_tracked.copy_(count)
         with torch.no_grad():
             for p, offset in zip(params, offsets):
                 p.sub_(offset)
@@ -549,20 +552,18 @@ def _batch_norms(module: nn.Module) -> list[nn.Module]:
 
 
 @contextlib.contextmanager
-def _batch_norm_statistics_frozen(module: nn.Module):
-    """Batch normalisation still normalises by the batch's statistics, but leaves its
-    running averages as they are (momentum 0)."""
+def _batch_norm_momentum(module: nn.Module, momentum: float | None):
+    """``module``'s batch-normalisation layers, with ``momentum`` while the block runs:
+    0 leaves their running statistics as they are, None makes them a cumulative average."""
     norms = _batch_norms(module)
     momenta = [m.momentum for m in norms]
-    tracked = [m.num_batches_tracked.clone() for m in norms]
     for m in norms:
-        m.momentum = 0.0
+        m.momentum = momentum
     try:
-        yield
+        yield norms
     finally:
-        for m, momentum, count in zip(norms, momenta, tracked):
-            m.momentum = momentum
-            m.num_batches_tracked.copy_(count)
+        for m, previous in zip(norms, momenta):
+            m.momentum = previous
 
 
 def make_optimizer(params: list, settings: TrainSettings) -> torch.optim.Optimizer:
@@ -588,19 +589,16 @@ def fit_batch_norm(network: nn.Module, inputs: torch.Tensor, device: torch.devic
     their plain average over ``inputs``, run through the network in batches with only
     those layers in training mode (dropout stays off). ``inputs`` should be shuffled:
     the statistics average within-batch variances."""
-    norms = _batch_norms(network)
-    if not norms:
-        return
-    was_training, momenta = network.training, [m.momentum for m in norms]
-    network.eval()
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # a cumulative average over the batches
-        m.train()
-    for i in range(0, len(inputs), batch):
-        network(inputs[i : i + batch].to(device))
-    for m, momentum in zip(norms, momenta):
-        m.momentum = momentum
+    was_training = network.training
+    with _batch_norm_momentum(network, None) as norms:
+        if not norms:
+            return
+        network.eval()
+        for m in norms:
+            m.reset_running_stats()
+            m.train()
+        for i in range(0, len(inputs), batch):
+            network(inputs[i : i + batch].to(device))
     network.train(was_training)
 
 
