@@ -1,12 +1,14 @@
 """Write a folder of synthetic "insect species" for pretraining the compact network.
 
-    python benchmarks/synthetic_insects.py OUT [--species 40] [--clips 8] [--seconds 10] [--seed 0]
+    python benchmarks/synthetic_insects.py OUT [--species 40] [--per-genus 1] [--clips 8] [--seconds 10] [--seed 0]
 
 Each species is a random but fixed song: a carrier (a pure tone, a tone with
 harmonics, or a band of noise, 1.5-18 kHz) cut into pulses at a fixed rate, either
 as a continuous trill or grouped into chirps. Each clip of a species varies that
 song a little (carrier and pulse rate, as temperature and individuals do) and lays
-it over coloured background noise at a random signal-to-noise ratio. The result,
+it over coloured background noise at a random signal-to-noise ratio. With
+``--per-genus N`` the species come in "genera" of N that share a song's kind and
+differ only by 8-20 % in carrier and 15-40 % in pulse rate, as congeners do. The result,
 ``OUT/<species>/<n>.flac``, is a ``fieldmon train`` clip folder: pretraining on it
 is meant to give the trunk filters for carrier frequency and pulse structure before
 it sees the few real clips (README, "The compact recipe").
@@ -39,6 +41,17 @@ def species_song(rng: np.random.Generator) -> dict:
         song["pulses_per_chirp"] = pulses
         song["chirp_period"] = float(pulses / pulse_rate * rng.uniform(1.3, 4.0))
     return song
+
+
+def congener(song: dict, rng: np.random.Generator) -> dict:
+    """The genus's song with its carrier and pulse rate moved up or down by a species' step."""
+    def moved(value: float, low: float, high: float) -> float:
+        return value * float(np.exp(rng.choice([-1, 1]) * rng.uniform(np.log1p(low), np.log1p(high))))
+
+    out = dict(song, f0=min(moved(song["f0"], 0.08, 0.2), 20000.0), pulse_rate=moved(song["pulse_rate"], 0.15, 0.4))
+    if out["grouped"]:
+        out["chirp_period"] = song["chirp_period"] * song["pulse_rate"] / out["pulse_rate"]
+    return out
 
 
 def _pulse_gate(song: dict, n: int, rng: np.random.Generator, rate_factor: float) -> tuple[np.ndarray, np.ndarray]:
@@ -93,13 +106,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path)
     parser.add_argument("--species", type=int, default=40)
+    parser.add_argument("--per-genus", type=int, default=1)
     parser.add_argument("--clips", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
     for s in range(args.species):
-        song = species_song(rng)
+        if s % args.per_genus == 0:
+            genus = species_song(rng)
+        song = genus if args.per_genus == 1 else congener(genus, rng)
         folder = args.out / f"synthetic{s:03d}"
         folder.mkdir(parents=True, exist_ok=True)
         for c in range(args.clips):
