@@ -17,6 +17,7 @@ it sees the few real clips (README, "The compact recipe").
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -102,13 +103,22 @@ def clip(song: dict, seconds: float, rng: np.random.Generator) -> np.ndarray:
     return (audio / np.max(np.abs(audio)) * rng.uniform(0.1, 0.9)).astype(np.float32)
 
 
+def positive(kind: type) -> Callable[[str], float]:
+    def parse(text: str):
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
+        return value
+    return parse
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path)
-    parser.add_argument("--species", type=int, default=40)
-    parser.add_argument("--per-genus", type=int, default=1)
-    parser.add_argument("--clips", type=int, default=8)
-    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--species", type=positive(int), default=40)
+    parser.add_argument("--per-genus", type=positive(int), default=1)
+    parser.add_argument("--clips", type=positive(int), default=8)
+    parser.add_argument("--seconds", type=positive(float), default=10.0)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
