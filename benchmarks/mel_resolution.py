@@ -42,18 +42,23 @@ from fieldmon.model.loading import load_model
 from fieldmon.train.api import prepare_clips
 
 
-def band_statistics(clips, names, hop_seconds: float, settings: FeatureSettings, audio: dict, bundle=None):
-    """Per-band statistics of every window of ``clips``, their labels and clip indices, and with
-    ``bundle`` the model's embeddings of the same windows."""
-    stats, labels, files, embeddings = [], [], [], []
+def clip_windows(clips, hop_seconds: float, settings: FeatureSettings, audio: dict):
+    """(index, clip, windows [n, samples]) of every clip that is not silent; ``audio`` keeps
+    the decoded clips for the next call."""
     for i, clip in enumerate(clips):
         if clip.path not in audio:
             audio[clip.path] = load_audio(clip.path, settings.sample_rate)
         samples = audio[clip.path]
-        if not np.any(samples):
-            continue
-        windows = cut_windows(samples, settings.window_samples, round(hop_seconds * settings.sample_rate),
-                              keep_partial=False).samples
+        if np.any(samples):
+            yield i, clip, cut_windows(samples, settings.window_samples, round(hop_seconds * settings.sample_rate),
+                                       keep_partial=False).samples
+
+
+def band_statistics(clips, names, hop_seconds: float, settings: FeatureSettings, audio: dict, bundle=None):
+    """Per-band statistics of every window of ``clips``, their labels and clip indices, and with
+    ``bundle`` the model's embeddings of the same windows."""
+    stats, labels, files, embeddings = [], [], [], []
+    for i, clip, windows in clip_windows(clips, hop_seconds, settings, audio):
         features = hpss_mel(windows, settings)
         if bundle is not None:
             with torch.no_grad():
@@ -93,15 +98,9 @@ def modulation_spectra(windows: np.ndarray, sample_rate: int) -> np.ndarray:
 
 
 def modulation_of(clips, hop_seconds: float, settings: FeatureSettings, audio: dict) -> np.ndarray:
-    """The modulation spectra of the windows ``band_statistics`` cut from the same clips."""
-    spectra = []
-    for clip in clips:
-        samples = audio[clip.path]
-        if np.any(samples):
-            windows = cut_windows(samples, settings.window_samples, round(hop_seconds * settings.sample_rate),
-                                  keep_partial=False).samples
-            spectra.append(modulation_spectra(windows, settings.sample_rate))
-    return np.concatenate(spectra)
+    """The modulation spectra of the windows ``band_statistics`` cuts from the same clips."""
+    return np.concatenate([modulation_spectra(windows, settings.sample_rate)
+                           for _, _, windows in clip_windows(clips, hop_seconds, settings, audio)])
 
 
 def probe_scores(x_train, y_train, x_val, y_val, files, names, C: float) -> tuple[float, float]:

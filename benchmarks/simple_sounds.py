@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+from synthetic_insects import SAMPLE_RATE, shaped_noise
 
-SAMPLE_RATE = 44100
 SECONDS = 4.0
 FREQUENCIES_HZ = (500, 1000, 2000, 3000, 5000, 8000, 12000, 16000)
 
@@ -38,11 +38,10 @@ def simple_sounds(seed: int = 0) -> dict[str, np.ndarray]:
     for f in FREQUENCIES_HZ:
         sounds[f"tone{f}"] = np.sin(2 * np.pi * f * t) + hiss(0.01)
         sounds[f"pulsedharm{f}"] = pulses * sum(np.sin(2 * np.pi * f * k * t) / k for k in (1, 2, 3)) + hiss(0.01)
-    frequencies = np.fft.rfftfreq(t.size, 1 / SAMPLE_RATE)
-    frequencies[0] = 1.0
     for name, exponent in (("white", 0), ("pink", 1), ("brown", 2)):
-        spectrum = np.fft.rfft(rng.standard_normal(t.size)) / frequencies ** (exponent / 2)
-        sounds[name] = np.fft.irfft(spectrum, t.size)
+        # DC keeps its amplitude; the scaling below removes the level anyway.
+        sounds[name] = shaped_noise(rng.standard_normal(t.size),
+                                    lambda freqs, e=exponent: np.where(freqs > 0, freqs, 1.0) ** (-e / 2))
     sweeps = np.zeros_like(t)
     for start in np.arange(0.1, 3.8, 0.33):
         inside = (t >= start) & (t < start + 0.15)

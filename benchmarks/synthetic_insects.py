@@ -71,7 +71,7 @@ def _carrier(song: dict, n: int, rng: np.random.Generator, f0: float, pulse_phas
     nyquist = SAMPLE_RATE / 2
     if song["carrier"] == "noise":
         width = max(song["bandwidth"] * f0, 100.0)
-        out = _shaped(rng.standard_normal(n), lambda freqs: np.exp(-0.5 * ((freqs - f0) / (width / 2)) ** 2))
+        out = shaped_noise(rng.standard_normal(n), lambda freqs: np.exp(-0.5 * ((freqs - f0) / (width / 2)) ** 2))
     else:
         frequency = f0 * (1 + song["sweep"] * (pulse_phase - 0.5))
         phase = 2 * np.pi * np.cumsum(frequency) / SAMPLE_RATE
@@ -80,7 +80,7 @@ def _carrier(song: dict, n: int, rng: np.random.Generator, f0: float, pulse_phas
     return out / (np.std(out) + 1e-12)
 
 
-def _shaped(white: np.ndarray, gain: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+def shaped_noise(white: np.ndarray, gain: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
     """``white`` noise with each frequency's amplitude multiplied by ``gain(frequency)``."""
     spectrum = np.fft.rfft(white) * gain(np.fft.rfftfreq(len(white), 1 / SAMPLE_RATE))
     return np.fft.irfft(spectrum, len(white))
@@ -90,7 +90,7 @@ def background(n: int, rng: np.random.Generator) -> np.ndarray:
     """Noise with a power spectrum falling as 1/f^exponent, exponent 0 (white) to 2 (brown)."""
     white = rng.standard_normal(n)
     exponent = rng.uniform(0, 2)
-    out = _shaped(white, lambda freqs: np.maximum(freqs, 20.0) ** (-exponent / 2))
+    out = shaped_noise(white, lambda freqs: np.maximum(freqs, 20.0) ** (-exponent / 2))
     return out / (np.std(out) + 1e-12)
 
 
