@@ -11,7 +11,9 @@ import pytest
 import soundfile as sf
 
 from conftest import noise, write_wav
+from fieldmon.outputs.report import effort
 from fieldmon.outputs.store import files_table_path
+from fieldmon.outputs.tables import read_scan
 from fieldmon.scan.pipeline import EXIT_FILES_FAILED, scan
 
 
@@ -47,6 +49,8 @@ def test_mixed_bad_and_unusual_files(tmp_path, tiny_model):
     y[5000] = np.inf
     y[6000] = -np.inf
     sf.write(rec / "float_nan.wav", y, 44100, subtype="FLOAT")
+    sf.write(rec / "all_nan.wav", np.full(1000, np.nan, np.float32), 44100, subtype="FLOAT")
+    sf.write(rec / "digital_silence.wav", np.zeros(88200, np.float32), 44100)
     write_wav(rec / "eight_channels.wav", 2.0, channels=8)
     sf.write(rec / "one_sample.wav", np.array([0.1], np.float32), 44100)
     write_wav(rec / "rate_8k.wav", 3.0, sr=8000)
@@ -81,6 +85,20 @@ def test_mixed_bad_and_unusual_files(tmp_path, tiny_model):
     assert 1 <= windows["truncated.wav"] <= 2 and 1 <= windows["claims_more.wav"] <= 2
     assert {"site_a/same.wav", "site_b/same.wav", "with space ünïcode.wav", "latin1_\\xe9t\\xe9.wav"} <= set(ok.index)
     assert len(det) == ok["windows"].sum()
+    # Scanned, since their windows are as real as any, but flagged: silence from a broken
+    # recorder must not pass for "nothing detected".
+    flagged = ok["error"].dropna().to_dict()
+    assert flagged == {
+        "float_nan.wav": "102 of 88200 samples are not numbers (NaN or infinite) and were read as silence: "
+                         "a damaged file or a faulty recorder",
+        "all_nan.wav": "all 1000 samples are not numbers (NaN or infinite) and were read as silence: "
+                       "a damaged file or a faulty recorder",
+        "digital_silence.wav": "every sample is zero (digital silence): a dead microphone or a muted input?",
+    }
+    assert sorted(summary.signal_warnings) == sorted(flagged.items())
+    assert any("3 files were scanned with a warning" in line for line in summary.warnings(str(out)))
+    eff = effort(read_scan(out))
+    assert eff.files_flagged.sum() == 3 and eff.files_ok.sum() == len(ok) and eff.files_failed.sum() == len(failed)
     assert np.isfinite(det.score).all() and np.isfinite(det.open_set_score).all()
     assert np.isfinite(np.stack(det.top_scores)).all()
 

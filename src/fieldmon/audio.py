@@ -109,6 +109,16 @@ class WindowBatch:
     partial: np.ndarray  # [n] bool
 
 
+@dataclass(frozen=True)
+class StreamEnd:
+    """What :func:`stream_windows` saw of a file once it reached the end."""
+
+    samples: int  # at the target rate
+    read: int  # at the file's rate
+    nonfinite: int  # of those read, how many were NaN or infinite (in any channel)
+    peak: float  # the largest absolute finite sample of the downmix; 0 for digital silence
+
+
 def stream_windows(
     path: str | os.PathLike,
     sample_rate: int,
@@ -120,8 +130,8 @@ def stream_windows(
 ):
     """Decode ``path`` block by block, downmix, resample with a streaming soxr
     resampler, and yield :class:`WindowBatch` es. Memory is bounded by the block
-    size, whatever the file's length. Returns (as the generator's value) the
-    number of samples decoded at the target rate.
+    size, whatever the file's length. Returns (as the generator's value) a
+    :class:`StreamEnd`. Non-finite samples are read as silence.
     """
     with open_sound(path) as sound:
         if channel is not None and not 0 <= channel < sound.channels:
@@ -132,7 +142,8 @@ def stream_windows(
         buffer = np.zeros(0, np.float32)
         offset = 0  # target-rate index of buffer[0]
         next_start = 0
-        total = 0
+        total = read = nonfinite = 0
+        peak = 0.0
         block = max(1, int(block_seconds * sound.samplerate))
         while True:
             try:
@@ -140,7 +151,14 @@ def stream_windows(
             except (sf.LibsndfileError, RuntimeError) as exc:
                 raise AudioReadError(path, f"decoding failed after {total / sample_rate:.1f} s ({exc})") from exc
             last = len(data) < block
-            mono = np.nan_to_num(to_mono(data, channel), nan=0.0, posinf=0.0, neginf=0.0)
+            mono = to_mono(data, channel)
+            read += len(mono)
+            finite = np.isfinite(mono)
+            if not finite.all():
+                nonfinite += int(len(mono) - finite.sum())
+                mono = np.where(finite, mono, np.float32(0))
+            if len(mono):
+                peak = max(peak, float(np.abs(mono).max()))
             if resampler is not None:
                 mono = resampler.resample_chunk(mono, last=last)
             total += len(mono)
@@ -165,4 +183,4 @@ def stream_windows(
                 buffer = buffer[drop:]
                 offset += drop
             if last:
-                return total
+                return StreamEnd(total, read, nonfinite, peak)

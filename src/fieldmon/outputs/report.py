@@ -106,12 +106,15 @@ def diel_rate(diel: pd.DataFrame, effort: pd.DataFrame) -> pd.DataFrame:
 
 
 def effort(output: ScanOutput, filters: Filters = Filters()) -> pd.DataFrame:
-    """Hours recorded and files failed per site and day: absence needs recording effort."""
+    """Hours recorded and files failed per site and day: absence needs recording effort.
+    ``files_flagged``: files scanned with a warning that their samples were not a signal
+    (NaN, infinite or all zero), whose hours count but heard nothing."""
     f = output.files
     if f.empty:
-        return pd.DataFrame(columns=["site", "date", "hours_recorded", "files_ok", "files_failed"])
+        return pd.DataFrame(columns=["site", "date", "hours_recorded", "files_ok", "files_flagged", "files_failed"])
     start = naive(f["recorder_start_local"]).where(f["recorder_start_local"].notna(), naive(f["recorder_start_utc"]))
     f = f.assign(date=start.dt.date, ok=f["status"] == "ok", failed=f["status"] == "failed",
+                 flagged=(f["status"] == "ok") & f.get("error", pd.Series(None, f.index, object)).notna(),
                  hours=f["duration_s"].fillna(0) / 3600)
     lo, hi = date_range(filters)
     if lo is not None:
@@ -120,7 +123,7 @@ def effort(output: ScanOutput, filters: Filters = Filters()) -> pd.DataFrame:
         f = f[start.reindex(f.index) < hi]
     g = f.groupby(["site", "date"], dropna=False)
     table = pd.DataFrame({"hours_recorded": g["hours"].sum().round(4), "files_ok": g["ok"].sum(),
-                          "files_failed": g["failed"].sum()})
+                          "files_flagged": g["flagged"].sum(), "files_failed": g["failed"].sum()})
     return table.reset_index()
 
 
@@ -186,6 +189,7 @@ def write_report(output: ScanOutput, out_dir: str | Path, filters: Filters = Fil
         ("windows", f"{n_windows:,}"),
         ("unknown windows (open-set rejected)", f"{share:.1%}" if n_windows else "-"),
         ("files scanned", f"{int((output.files.get('status') == 'ok').sum()) if len(output.files) else 0:,}"),
+        ("files flagged (samples NaN, infinite or all zero)", f"{int(effort(output)['files_flagged'].sum()):,}"),
         ("files failed", f"{int((output.files.get('status') == 'failed').sum()) if len(output.files) else 0:,}"),
         ("hours recorded", _hours_fact(output, hours, filters)),
         ("model", html.escape(str(meta.get("model_id", "?")))),

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from fieldmon.audio import AudioReadError, WindowBatch, open_sound, stream_windows
+from fieldmon.audio import AudioReadError, StreamEnd, WindowBatch, open_sound, stream_windows
 from fieldmon.recorder import RecorderInfo, recorder_info
 from fieldmon.scan.discovery import Recording
 
@@ -30,6 +30,9 @@ class DecodedFile:
     windows: int = 0
     decoded_samples: int | None = None  # at the model's rate; set once the end was reached
     error: str | None = None
+    # Read to the end, but a sign of a broken recorder: kept in the per-file table's error
+    # column, because its windows are silence and would pass for "nothing detected".
+    warning: str | None = None
 
     def to_json(self) -> str:
         info = None if self.info is None else {
@@ -38,7 +41,8 @@ class DecodedFile:
         rec = self.recording
         return json.dumps({"recording": [str(rec.path), rec.relative, rec.size, rec.mtime_ns], "info": info,
                            "sample_rate": self.sample_rate, "channels": self.channels, "windows": self.windows,
-                           "decoded_samples": self.decoded_samples, "error": self.error})
+                           "decoded_samples": self.decoded_samples, "error": self.error,
+                           "warning": self.warning})
 
     @classmethod
     def from_json(cls, text: str) -> DecodedFile:
@@ -59,6 +63,16 @@ def _from_iso(text: str | None) -> dt.datetime | None:
     return None if text is None else dt.datetime.fromisoformat(text)
 
 
+def signal_warning(end: StreamEnd) -> str | None:
+    if end.nonfinite:
+        share = "all" if end.nonfinite == end.read else f"{end.nonfinite} of"
+        return (f"{share} {end.read} samples are not numbers (NaN or infinite) and were read as silence: "
+                "a damaged file or a faulty recorder")
+    if end.peak == 0:
+        return "every sample is zero (digital silence): a dead microphone or a muted input?"
+    return None
+
+
 def decode_windows(decoded: DecodedFile, sample_rate: int, window: int, hop: int, channel: int | None,
                    tz: ZoneInfo | None, stopped=lambda: False, batch: int = 64) -> Iterator[WindowBatch]:
     """Batches of windows of ``decoded.recording`` at the model's rate; fills in
@@ -74,10 +88,13 @@ def decode_windows(decoded: DecodedFile, sample_rate: int, window: int, hop: int
         while not stopped():
             try:
                 windows = next(stream)
-            except StopIteration as end:
-                decoded.decoded_samples = end.value
-                if end.value == 0:
+            except StopIteration as stop:
+                end: StreamEnd = stop.value
+                decoded.decoded_samples = end.samples
+                if end.samples == 0:
                     decoded.error = "the file holds no audio samples"
+                else:
+                    decoded.warning = signal_warning(end)
                 return
             decoded.windows += len(windows.starts)
             yield windows
