@@ -116,7 +116,7 @@ class StreamEnd:
     samples: int  # at the target rate
     read: int  # at the file's rate
     nonfinite: int  # of those read, how many were NaN or infinite (in any channel)
-    peak: float  # the largest absolute finite sample of the downmix; 0 for digital silence
+    heard: bool  # whether any finite sample of the downmix is non-zero; False for digital silence
 
 
 def stream_windows(
@@ -143,7 +143,7 @@ def stream_windows(
         offset = 0  # target-rate index of buffer[0]
         next_start = 0
         total = read = nonfinite = 0
-        peak = 0.0
+        heard = False
         block = max(1, int(block_seconds * sound.samplerate))
         while True:
             try:
@@ -157,8 +157,7 @@ def stream_windows(
             if not finite.all():
                 nonfinite += int(len(mono) - finite.sum())
                 mono = np.where(finite, mono, np.float32(0))
-            if len(mono):
-                peak = max(peak, float(np.abs(mono).max()))
+            heard = heard or bool(np.any(mono))
             if resampler is not None:
                 mono = resampler.resample_chunk(mono, last=last)
             total += len(mono)
@@ -183,4 +182,4 @@ def stream_windows(
                 buffer = buffer[drop:]
                 offset += drop
             if last:
-                return StreamEnd(total, read, nonfinite, peak)
+                return StreamEnd(total, read, nonfinite, heard)

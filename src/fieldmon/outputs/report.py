@@ -105,16 +105,21 @@ def diel_rate(diel: pd.DataFrame, effort: pd.DataFrame) -> pd.DataFrame:
     return diel.astype(float).div(hours, axis=0).round(3)
 
 
+def flagged_files(files: pd.DataFrame) -> pd.Series:
+    """Files scanned with a warning that their samples were not a signal (NaN, infinite or
+    all zero): status ok with an error message."""
+    return (files["status"] == "ok") & files.get("error", pd.Series(None, files.index, object)).notna()
+
+
 def effort(output: ScanOutput, filters: Filters = Filters()) -> pd.DataFrame:
     """Hours recorded and files failed per site and day: absence needs recording effort.
-    ``files_flagged``: files scanned with a warning that their samples were not a signal
-    (NaN, infinite or all zero), whose hours count but heard nothing."""
+    ``files_flagged`` (:func:`flagged_files`) count in the hours but heard nothing."""
     f = output.files
     if f.empty:
         return pd.DataFrame(columns=["site", "date", "hours_recorded", "files_ok", "files_flagged", "files_failed"])
     start = naive(f["recorder_start_local"]).where(f["recorder_start_local"].notna(), naive(f["recorder_start_utc"]))
     f = f.assign(date=start.dt.date, ok=f["status"] == "ok", failed=f["status"] == "failed",
-                 flagged=(f["status"] == "ok") & f.get("error", pd.Series(None, f.index, object)).notna(),
+                 flagged=flagged_files(f),
                  hours=f["duration_s"].fillna(0) / 3600)
     lo, hi = date_range(filters)
     if lo is not None:
@@ -189,7 +194,8 @@ def write_report(output: ScanOutput, out_dir: str | Path, filters: Filters = Fil
         ("windows", f"{n_windows:,}"),
         ("unknown windows (open-set rejected)", f"{share:.1%}" if n_windows else "-"),
         ("files scanned", f"{int((output.files.get('status') == 'ok').sum()) if len(output.files) else 0:,}"),
-        ("files flagged (samples NaN, infinite or all zero)", f"{int(effort(output)['files_flagged'].sum()):,}"),
+        ("files flagged (samples NaN, infinite or all zero)",
+         f"{int(flagged_files(output.files).sum()) if len(output.files) else 0:,}"),
         ("files failed", f"{int((output.files.get('status') == 'failed').sum()) if len(output.files) else 0:,}"),
         ("hours recorded", _hours_fact(output, hours, filters)),
         ("model", html.escape(str(meta.get("model_id", "?")))),

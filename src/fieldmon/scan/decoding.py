@@ -64,11 +64,12 @@ def _from_iso(text: str | None) -> dt.datetime | None:
 
 
 def signal_warning(end: StreamEnd) -> str | None:
+    """Why a file read to the end holds no usable signal, or None."""
     if end.nonfinite:
         share = "all" if end.nonfinite == end.read else f"{end.nonfinite} of"
         return (f"{share} {end.read} samples are not numbers (NaN or infinite) and were read as silence: "
                 "a damaged file or a faulty recorder")
-    if end.peak == 0:
+    if not end.heard:
         return "every sample is zero (digital silence): a dead microphone or a muted input?"
     return None
 
