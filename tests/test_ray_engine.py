@@ -58,7 +58,7 @@ def test_decoded_file_survives_the_trip_between_processes():
     info = RecorderInfo(dt.datetime(2024, 5, 1, 5, 30), dt.datetime(2024, 5, 1, 3, 30, tzinfo=dt.timezone.utc),
                         "SITE1", "songmeter-name")
     decoded = DecodedFile(Recording(Path("/r/a.wav"), "a.wav", 10, 20), info, 48000, 2, 5, 160000, None,
-                          "every sample is zero")
+                          "every sample is zero", silent_seconds=2.5)
     assert DecodedFile.from_json(decoded.to_json()) == decoded
 
 

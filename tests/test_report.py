@@ -5,6 +5,7 @@ The tables here are built by hand, so every expected number can be worked out.""
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 
 import numpy as np
@@ -12,9 +13,10 @@ import pandas as pd
 import pytest
 
 from fieldmon.outputs import model_quality as quality_module
-from fieldmon.outputs.effort import effort_by_hour
+from fieldmon.outputs.effort import effort_by_hour, recorded_hours
 from fieldmon.outputs.model_quality import model_quality
-from fieldmon.outputs.report import diel_activity, diel_rate, score_distribution, species_summary, write_report
+from fieldmon.outputs.report import (diel_activity, diel_rate, effort, score_distribution, species_summary,
+                                     write_report)
 from fieldmon.outputs.tables import Filters, ScanOutput, apply_filters
 
 MODEL_ID = "site-model-0123456789ab"
@@ -75,6 +77,27 @@ def test_effort_by_hour_splits_files_at_hour_boundaries(local):
     cut = effort_by_hour(apply_filters(output, dates), dates)
     assert cut.loc[5, "hours_recorded"] == pytest.approx(0.5) and cut.loc[23, "hours_recorded"] == pytest.approx(0.5)
     assert cut.loc[6, "hours_recorded"] == 0 and cut.loc[0, "hours_recorded"] == 0
+
+
+def test_digital_silence_is_not_recording_effort():
+    # b.wav's microphone cut out for 20 of its 30 minutes; e.wav (05:00 on 3 May) heard
+    # nothing at all; an older output has no silent_s column and counts every file whole
+    table = files(FILES + [("e.wav", "ok", "2024-05-03 05:00", 600)])
+    table["silent_s"] = [0.0, 1200.0, None, 0.0, 600.0]
+    output = ScanOutput(detections(WINDOWS), table, {"model_id": MODEL_ID})
+    eff = effort_by_hour(output)
+    assert eff.loc[5, "hours_recorded"] == pytest.approx(0.5 + 10 / 60) and eff.loc[5, "days_recorded"] == 2
+    assert eff["hours_recorded"].sum() == pytest.approx(2.5 - 20 / 60)
+    assert recorded_hours(output) == pytest.approx(2.5 - 20 / 60)
+    dates = Filters(start=pd.Timestamp("2024-05-02"), end=pd.Timestamp("2024-05-02"))
+    assert recorded_hours(apply_filters(output, dates), dates) == pytest.approx(10 / 60 + 0.5)
+    by_day = effort(output).dropna(subset=["date"]).set_index("date")  # c.wav failed, without a date
+    assert by_day["hours_recorded"].to_dict() == {dt.date(2024, 5, 1): 1.0, dt.date(2024, 5, 2): 1.1667,
+                                                  dt.date(2024, 5, 3): 0.0}
+    assert by_day["hours_silent"].to_dict() == {dt.date(2024, 5, 1): 0.0, dt.date(2024, 5, 2): 0.3333,
+                                                dt.date(2024, 5, 3): 0.1667}
+    older = survey()
+    assert "silent_s" not in older.files and recorded_hours(older) == pytest.approx(2.5)
 
 
 def test_detections_per_recorded_hour_and_not_recorded_hours(tmp_path):

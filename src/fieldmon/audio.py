@@ -3,6 +3,7 @@ rate, and cutting 2 s windows."""
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ import soundfile as sf
 import soxr
 
 from fieldmon.features import repeat_to_length
+from fieldmon.wav_header import WavLayout, read_wav_layout, unfinished_data
 
 AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".mp3", ".aif", ".aiff"})
 
@@ -38,12 +40,67 @@ def open_sound(path: str | os.PathLike) -> sf.SoundFile:
     if os.path.getsize(path) == 0:
         raise AudioReadError(path, "the file is empty (0 bytes)")
     try:
+        layout = read_wav_layout(path)
+        if unfinished_data(layout):
+            return _raw_sound(path, layout)
         # bytes, so that names that are not valid UTF-8 still open
         return sf.SoundFile(os.fsencode(path))
     except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
         raise AudioReadError(path, f"not a readable audio file ({exc})") from exc
     except OSError as exc:
         raise AudioReadError(path, exc.strerror or str(exc)) from exc
+
+
+class _DataChunk(io.RawIOBase):
+    """The bytes of a file from ``offset`` on, as a file of their own."""
+
+    def __init__(self, path: str | os.PathLike, offset: int) -> None:
+        self._file = open(path, "rb")
+        self._offset = offset
+        self._file.seek(offset)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        return self._file.readinto(buffer)
+
+    def seek(self, pos: int, whence: int = os.SEEK_SET) -> int:
+        return self._file.seek(pos + self._offset if whence == os.SEEK_SET else pos, whence) - self._offset
+
+    def tell(self) -> int:
+        return self._file.tell() - self._offset
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+class _RawSound(sf.SoundFile):
+    """A SoundFile that closes the data chunk it reads when it is closed."""
+
+    def close(self) -> None:
+        super().close()
+        chunk = getattr(self, "data_chunk", None)  # absent when opening failed
+        if chunk is not None:
+            chunk.close()
+
+
+def _raw_sound(path: str | os.PathLike, layout: WavLayout) -> sf.SoundFile:
+    """The samples after an unfinished WAV header (see fieldmon.wav_header), read raw in the
+    header's format, whole frames only."""
+    chunk = _DataChunk(path, layout.data_offset)
+    try:
+        sound = _RawSound(chunk, format="RAW", samplerate=layout.sample_rate, channels=layout.channels,
+                          subtype=layout.subtype, endian="LITTLE")
+    except BaseException:
+        chunk.close()
+        raise
+    sound.data_chunk = chunk
+    return sound
 
 
 def to_mono(samples: np.ndarray, channel: int | None = None) -> np.ndarray:
@@ -117,6 +174,52 @@ class StreamEnd:
     read: int  # at the file's rate
     nonfinite: int  # of those read, how many were NaN or infinite (in any channel)
     heard: bool  # whether any finite sample of the downmix is non-zero; False for digital silence
+    silent: int = 0  # of those read, how many lie in stretches of SILENT_STRETCH_SECONDS or more of them
+
+
+# Exact zeros (or non-numbers read as zero) this long are no recording: a microphone that
+# cut out, a muted input. Real audio, even the quietest 16-bit hiss, never holds them.
+SILENT_STRETCH_SECONDS = 1.0
+
+
+class SilenceCounter:
+    """Counts the samples in stretches of at least ``min_samples`` zeros, across the blocks
+    of a stream."""
+
+    def __init__(self, min_samples: int) -> None:
+        self.min_samples = max(1, min_samples)
+        self.silent = 0
+        self._seen = 0
+        self._open_since: int | None = None  # where a stretch still running at the last block's end began
+
+    def add(self, block: np.ndarray) -> None:
+        if not len(block):
+            return
+        zero = np.concatenate(([False], block == 0, [False]))
+        edges = np.flatnonzero(zero[1:] != zero[:-1])
+        starts, ends = edges[0::2] + self._seen, edges[1::2] + self._seen
+        if self._open_since is not None:
+            if len(starts) and starts[0] == self._seen:
+                starts[0] = self._open_since
+            else:
+                self._close(self._open_since, self._seen)
+            self._open_since = None
+        if len(ends) and ends[-1] == self._seen + len(block):
+            self._open_since = int(starts[-1])
+            starts, ends = starts[:-1], ends[:-1]
+        lengths = ends - starts
+        self.silent += int(lengths[lengths >= self.min_samples].sum())
+        self._seen += len(block)
+
+    def finish(self) -> int:
+        if self._open_since is not None:
+            self._close(self._open_since, self._seen)
+            self._open_since = None
+        return self.silent
+
+    def _close(self, start: int, end: int) -> None:
+        if end - start >= self.min_samples:
+            self.silent += end - start
 
 
 def stream_windows(
@@ -144,6 +247,7 @@ def stream_windows(
         next_start = 0
         total = read = nonfinite = 0
         heard = False
+        silence = SilenceCounter(round(SILENT_STRETCH_SECONDS * sound.samplerate))
         block = max(1, int(block_seconds * sound.samplerate))
         while True:
             try:
@@ -158,6 +262,7 @@ def stream_windows(
                 nonfinite += int(len(mono) - finite.sum())
                 mono = np.where(finite, mono, np.float32(0))
             heard = heard or bool(np.any(mono))
+            silence.add(mono)
             if resampler is not None:
                 mono = resampler.resample_chunk(mono, last=last)
             total += len(mono)
@@ -182,4 +287,4 @@ def stream_windows(
                 buffer = buffer[drop:]
                 offset += drop
             if last:
-                return StreamEnd(total, read, nonfinite, heard)
+                return StreamEnd(total, read, nonfinite, heard, silence.finish())

@@ -3,7 +3,9 @@
 Counts of detections mean little without the recording effort behind them: an hour of
 day that was never recorded has no detections because nobody listened, not because
 nothing called. These functions place every recorded file (its start and duration, from
-the per-file table) on the clock, split at hour boundaries.
+the per-file table) on the clock, split at hour boundaries. Stretches of digital silence
+(the per-file table's ``silent_s``: a microphone that cut out) are no recording and do not
+count; a file's audible share is spread evenly over its span.
 """
 
 from __future__ import annotations
@@ -51,6 +53,13 @@ def _ok_files(output: ScanOutput) -> pd.DataFrame:
     return f[(f["status"] == "ok") & (f["duration_s"].fillna(0) > 0)]
 
 
+def audible_seconds(files: pd.DataFrame) -> pd.Series:
+    """Each file's duration less its stretches of digital silence (absent in outputs
+    written before fieldmon counted them)."""
+    silent = files["silent_s"].fillna(0) if "silent_s" in files else 0.0
+    return (files["duration_s"].fillna(0) - silent).clip(lower=0)
+
+
 def date_range(filters: Filters) -> tuple[pd.Timestamp | None, pd.Timestamp | None]:
     lo = filters.start.normalize() if filters.start is not None else None
     hi = filters.end.normalize() + pd.Timedelta(days=1) if filters.end is not None else None
@@ -59,14 +68,18 @@ def date_range(filters: Filters) -> tuple[pd.Timestamp | None, pd.Timestamp | No
 
 def recording_intervals(output: ScanOutput, filters: Filters = Filters()) -> pd.DataFrame:
     """Start and end (zone-less, in the report's time basis) of every recorded file with a
-    known start, cut to the filters' dates."""
+    known start, cut to the filters' dates, and the ``share`` of that span that was not
+    digital silence."""
     ok = _ok_files(output)
     column = _start_column(output)
     if ok.empty or column not in ok:
-        return pd.DataFrame({"start": pd.Series(dtype="datetime64[ms]"), "end": pd.Series(dtype="datetime64[ms]")})
+        return pd.DataFrame({"start": pd.Series(dtype="datetime64[ms]"), "end": pd.Series(dtype="datetime64[ms]"),
+                             "share": pd.Series(dtype=float)})
     start = naive(ok[column])
     end = start + pd.to_timedelta(ok["duration_s"].astype(float).round(3), unit="s")
-    frame = pd.DataFrame({"start": start, "end": end}).dropna()
+    share = audible_seconds(ok) / ok["duration_s"].astype(float)
+    frame = pd.DataFrame({"start": start, "end": end, "share": share}).dropna()
+    frame = frame[frame["share"] > 0]
     lo, hi = date_range(filters)
     if lo is not None:
         frame["start"] = frame["start"].clip(lower=lo)
@@ -98,6 +111,7 @@ def effort_by_hour(output: ScanOutput, filters: Filters = Filters()) -> pd.DataF
     which = np.repeat(np.arange(len(s)), n)
     bins = np.repeat(first, n) + np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)
     ms = np.minimum(e[which], (bins + 1) * _HOUR_MS) - np.maximum(s[which], bins * _HOUR_MS)
+    ms = ms * intervals["share"].to_numpy()[which]
     parts = pd.DataFrame({"hour": bins % 24, "day": bins // 24, "hours": ms / _HOUR_MS})
     g = parts.groupby("hour")
     table = pd.DataFrame({"hours_recorded": g["hours"].sum().round(6), "days_recorded": g["day"].nunique()})
@@ -114,16 +128,17 @@ def unplaced_hours(output: ScanOutput) -> float:
     ok = _ok_files(output)
     column = _start_column(output)
     unplaced = ok[ok[column].isna()] if column in ok else ok
-    return float(unplaced["duration_s"].sum() / 3600)
+    return float(audible_seconds(unplaced).sum() / 3600)
 
 
 def recorded_hours(output: ScanOutput, filters: Filters = Filters()) -> float:
     """Hours of audio behind the detections: every recorded file, or with a date filter
     the recorded time inside those dates (windows without a known time fail a date filter
-    too). NaN without a per-file table."""
+    too); digital silence left out. NaN without a per-file table."""
     if output.files.empty:
         return float("nan")
     if has_dates(filters):
         intervals = recording_intervals(output, filters)
-        return float(((intervals["end"] - intervals["start"]).dt.total_seconds().sum()) / 3600)
-    return float(_ok_files(output)["duration_s"].sum() / 3600)
+        seconds = (intervals["end"] - intervals["start"]).dt.total_seconds() * intervals["share"]
+        return float(seconds.sum() / 3600)
+    return float(audible_seconds(_ok_files(output)).sum() / 3600)

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
+from fieldmon.audio import AudioReadError, open_sound
 from fieldmon.model.metadata import UNKNOWN
 from fieldmon.outputs.tables import ScanOutput
 
@@ -123,13 +124,16 @@ def extract_clips(
 
 def cut_audio(source: Path, start_s: float, stop_s: float) -> tuple[np.ndarray, int]:
     """Samples (frames x channels) of ``source`` from ``start_s`` to ``stop_s`` (clipped
-    to the file), at the file's own sample rate."""
-    with sf.SoundFile(source) as sound:
+    to the file), at the file's own sample rate. Raises AudioReadError, whatever the cause."""
+    with open_sound(source) as sound:
         sr = sound.samplerate
         start = min(max(0, int(round(start_s * sr))), sound.frames)
         stop = min(int(round(stop_s * sr)), sound.frames)
-        sound.seek(start)
-        samples = sound.read(max(0, stop - start), dtype="float32", always_2d=True)
+        try:
+            sound.seek(start)
+            samples = sound.read(max(0, stop - start), dtype="float32", always_2d=True)
+        except (sf.SoundFileError, RuntimeError, OSError) as exc:
+            raise AudioReadError(source, f"decoding failed ({exc})") from exc
     return samples, sr
 
 

@@ -20,8 +20,8 @@ import pandas as pd
 
 from fieldmon import __version__
 from fieldmon.model.metadata import UNKNOWN
-from fieldmon.outputs.effort import (date_range, effort_by_hour, has_dates, naive, recorded_hours, time_column,
-                                     unplaced_hours)
+from fieldmon.outputs.effort import (audible_seconds, date_range, effort_by_hour, has_dates, naive, recorded_hours,
+                                     time_column, unplaced_hours)
 from fieldmon.outputs.model_quality import model_quality
 from fieldmon.outputs.tables import Filters, ScanOutput
 
@@ -106,28 +106,33 @@ def diel_rate(diel: pd.DataFrame, effort: pd.DataFrame) -> pd.DataFrame:
 
 
 def flagged_files(files: pd.DataFrame) -> pd.Series:
-    """Files scanned with a warning that their samples were not a signal (NaN, infinite or
-    all zero): status ok with an error message."""
+    """Files scanned with a warning (fieldmon.scan.decoding.file_warning: a header at odds
+    with the file's length, or samples that are NaN, infinite or all zero): status ok with
+    an error message."""
     return (files["status"] == "ok") & files.get("error", pd.Series(None, files.index, object)).notna()
 
 
 def effort(output: ScanOutput, filters: Filters = Filters()) -> pd.DataFrame:
     """Hours recorded and files failed per site and day: absence needs recording effort.
-    ``files_flagged`` (:func:`flagged_files`) count in the hours but heard nothing."""
+    ``files_flagged`` (:func:`flagged_files`) count in the hours for the audio they hold;
+    their stretches of digital silence are ``hours_silent`` instead."""
     f = output.files
     if f.empty:
-        return pd.DataFrame(columns=["site", "date", "hours_recorded", "files_ok", "files_flagged", "files_failed"])
+        return pd.DataFrame(columns=["site", "date", "hours_recorded", "hours_silent", "files_ok", "files_flagged",
+                                     "files_failed"])
     start = naive(f["recorder_start_local"]).where(f["recorder_start_local"].notna(), naive(f["recorder_start_utc"]))
+    audible = audible_seconds(f)
     f = f.assign(date=start.dt.date, ok=f["status"] == "ok", failed=f["status"] == "failed",
-                 flagged=flagged_files(f),
-                 hours=f["duration_s"].fillna(0) / 3600)
+                 flagged=flagged_files(f), hours=audible / 3600,
+                 silent=(f["duration_s"].fillna(0) - audible) / 3600)
     lo, hi = date_range(filters)
     if lo is not None:
         f = f[start.reindex(f.index) >= lo]
     if hi is not None:
         f = f[start.reindex(f.index) < hi]
     g = f.groupby(["site", "date"], dropna=False)
-    table = pd.DataFrame({"hours_recorded": g["hours"].sum().round(4), "files_ok": g["ok"].sum(),
+    table = pd.DataFrame({"hours_recorded": g["hours"].sum().round(4), "hours_silent": g["silent"].sum().round(4),
+                          "files_ok": g["ok"].sum(),
                           "files_flagged": g["flagged"].sum(), "files_failed": g["failed"].sum()})
     return table.reset_index()
 
@@ -194,7 +199,7 @@ def write_report(output: ScanOutput, out_dir: str | Path, filters: Filters = Fil
         ("windows", f"{n_windows:,}"),
         ("unknown windows (open-set rejected)", f"{share:.1%}" if n_windows else "-"),
         ("files scanned", f"{int((output.files.get('status') == 'ok').sum()) if len(output.files) else 0:,}"),
-        ("files flagged (samples NaN, infinite or all zero)",
+        ("files flagged (cut short, an unfinished header, or samples NaN, infinite or all zero)",
          f"{int(flagged_files(output.files).sum()) if len(output.files) else 0:,}"),
         ("files failed", f"{int((output.files.get('status') == 'failed').sum()) if len(output.files) else 0:,}"),
         ("hours recorded", _hours_fact(output, hours, filters)),
@@ -236,10 +241,16 @@ img {{ max-width: 100%; }}
 def _hours_fact(output: ScanOutput, hours: float, filters: Filters) -> str:
     if hours != hours:
         return "unknown (no per-file table)"
-    unplaced = unplaced_hours(output)
-    if unplaced > 0 and not has_dates(filters):
-        return f"{hours:.2f} ({unplaced:.2f} of them without a known start time, so not in the effort by hour of day)"
-    return f"{hours:.2f}"
+    notes = []
+    if not has_dates(filters):
+        unplaced = unplaced_hours(output)
+        if unplaced > 0:
+            notes.append(f"{unplaced:.2f} of them without a known start time, so not in the effort by hour of day")
+        ok = output.files[output.files["status"] == "ok"]
+        silent = float((ok["duration_s"].fillna(0) - audible_seconds(ok)).sum() / 3600)
+        if silent > 0:
+            notes.append(f"besides {silent:.2f} of digital silence, not counted")
+    return f"{hours:.2f}" + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def _diel_html(diel: pd.DataFrame, rate: pd.DataFrame, hour_effort: pd.DataFrame, output: ScanOutput,

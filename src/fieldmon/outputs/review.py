@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
+from fieldmon.audio import AudioReadError
 from fieldmon.outputs.export import _spectrogram_png, cut_audio, detected
 from fieldmon.outputs.tables import ScanOutput
 from fieldmon.provenance import provenance
@@ -112,8 +113,8 @@ def write_review(output: ScanOutput, audio_root: str | Path, out_dir: str | Path
         start = max(0.0, row.window_start_s - settings.context_s)
         try:
             samples, sr = cut_audio(source, start, row.window_end_s + settings.context_s)
-        except (OSError, RuntimeError, sf.SoundFileError) as exc:  # missing, unreadable, truncated
-            skipped.append(f"{source}: cannot read the audio ({exc}); window at {row.window_start_s:g} s "
+        except AudioReadError as exc:
+            skipped.append(f"{source}: cannot read the audio ({exc.problem}); window at {row.window_start_s:g} s "
                            f"({row.label}) left out")
             warn(f"warning: {skipped[-1]}")
             continue

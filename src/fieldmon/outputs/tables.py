@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from fieldmon.model.metadata import UNKNOWN
@@ -67,7 +69,7 @@ def read_scan(path: str | Path) -> ScanOutput:
         hint = " (it is the per-file table; pass the detections output beside it)" if "status" in detections else ""
         raise ValueError(f"{path}: not a fieldmon detections table{hint}")
     files_path = files_table_path(path)
-    files = pd.read_parquet(files_path) if files_path.is_dir() else pd.DataFrame()
+    files = _read_parts(files_path) if files_path.is_dir() else pd.DataFrame()
     meta_file = path / META_DIR / "scan.json"
     if meta_file.is_file():
         metadata = json.loads(meta_file.read_text())
@@ -75,6 +77,17 @@ def read_scan(path: str | Path) -> ScanOutput:
         schema_meta = pq.read_schema(next(path.glob("part-*.parquet"))).metadata or {}
         metadata = json.loads(schema_meta.get(b"fieldmon", b"{}"))
     return ScanOutput(detections, files, metadata)
+
+
+def _read_parts(folder: Path) -> pd.DataFrame:
+    """All parts of a table, with every column any part has: an output that a newer
+    fieldmon went on scanning holds parts with columns the older parts lack (null there),
+    where reading the folder as one dataset would keep only the first part's columns."""
+    parts = sorted(folder.glob("part-*.parquet"))
+    if not parts:
+        return pd.DataFrame()
+    schema = pa.unify_schemas([pq.read_schema(part) for part in parts])
+    return ds.dataset(parts, schema=schema, format="parquet").to_table().to_pandas()
 
 
 def apply_filters(output: ScanOutput, filters: Filters) -> ScanOutput:

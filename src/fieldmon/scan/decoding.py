@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from fieldmon.audio import AudioReadError, StreamEnd, WindowBatch, open_sound, stream_windows
+from fieldmon.audio import (SILENT_STRETCH_SECONDS, AudioReadError, StreamEnd, WindowBatch, open_sound,
+                            stream_windows)
 from fieldmon.recorder import RecorderInfo, recorder_info
 from fieldmon.scan.discovery import Recording
+from fieldmon.wav_header import header_note
 
 
 @dataclass
@@ -33,6 +35,7 @@ class DecodedFile:
     # Read to the end, but a sign of a broken recorder: kept in the per-file table's error
     # column, because its windows are silence and would pass for "nothing detected".
     warning: str | None = None
+    silent_seconds: float = 0.0  # no recording: see fieldmon.audio.SILENT_STRETCH_SECONDS
 
     def to_json(self) -> str:
         info = None if self.info is None else {
@@ -41,7 +44,8 @@ class DecodedFile:
         rec = self.recording
         return json.dumps({"recording": [str(rec.path), rec.relative, rec.size, rec.mtime_ns], "info": info,
                            "sample_rate": self.sample_rate, "channels": self.channels, "windows": self.windows,
-                           "decoded_samples": self.decoded_samples, "error": self.error,
+                           "decoded_samples": self.decoded_samples, "silent_seconds": self.silent_seconds,
+                           "error": self.error,
                            "warning": self.warning})
 
     @classmethod
@@ -63,6 +67,13 @@ def _from_iso(text: str | None) -> dt.datetime | None:
     return None if text is None else dt.datetime.fromisoformat(text)
 
 
+def file_warning(path: Path, end: StreamEnd) -> str | None:
+    """What a person should know about a file that was read to the end: its header
+    disagrees with its length (fieldmon.wav_header), or it holds no usable signal."""
+    notes = [note for note in (header_note(path), signal_warning(end)) if note]
+    return "; ".join(notes) or None
+
+
 def signal_warning(end: StreamEnd) -> str | None:
     """Why a file read to the end holds no usable signal, or None."""
     if end.nonfinite:
@@ -71,6 +82,10 @@ def signal_warning(end: StreamEnd) -> str | None:
                 "a damaged file or a faulty recorder")
     if not end.heard:
         return "every sample is zero (digital silence): a dead microphone or a muted input?"
+    if end.silent:
+        return (f"{end.silent} of {end.read} samples lie in stretches of {SILENT_STRETCH_SECONDS:g} s or more of "
+                "digital silence (every sample zero): a microphone that cut out or a muted input? Not counted "
+                "as recorded")
     return None
 
 
@@ -92,10 +107,11 @@ def decode_windows(decoded: DecodedFile, sample_rate: int, window: int, hop: int
             except StopIteration as stop:
                 end: StreamEnd = stop.value
                 decoded.decoded_samples = end.samples
+                decoded.silent_seconds = (end.silent if end.heard else end.read) / decoded.sample_rate
                 if end.samples == 0:
                     decoded.error = "the file holds no audio samples"
                 else:
-                    decoded.warning = signal_warning(end)
+                    decoded.warning = file_warning(rec.path, end)
                 return
             decoded.windows += len(windows.starts)
             yield windows

@@ -44,6 +44,8 @@ def file_schema(metadata: dict) -> pa.Schema:
             pa.field("status", pa.string()),
             pa.field("error", pa.string()),
             pa.field("duration_s", pa.float64()),
+            # of which no recording (digital silence, see fieldmon.audio); left out of the effort
+            pa.field("silent_s", pa.float64()),
             pa.field("sample_rate", pa.int32()),
             pa.field("channels", pa.int32()),
             pa.field("recorder_start_utc", pa.timestamp("ms", tz="UTC")),

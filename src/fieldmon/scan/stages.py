@@ -70,7 +70,7 @@ class ScanSummary:
     model_band_hz: float = 0.0  # the top of the band the model sees: its Nyquist frequency or band limit
     low_sample_rates: dict[int, int] = field(default_factory=dict)  # files whose band ends below it, by rate
     files_without_utc: int = 0  # files scanned with a local (wall-clock) time but no zone to make it UTC
-    signal_warnings: list[tuple[str, str]] = field(default_factory=list)  # (relative path, warning) of ok files
+    file_warnings: list[tuple[str, str]] = field(default_factory=list)  # (relative path, warning) of ok files
 
     @property
     def exit_code(self) -> int:
@@ -100,9 +100,9 @@ class ScanSummary:
             lines.append(f"{files} the recorder's local time but no time zone, so start_time (UTC) is empty: "
                          f"fieldmon retime {out} --tz ZONE (an IANA zone such as Europe/Berlin) fills it in; "
                          "then add --tz ZONE to this command")
-        if self.signal_warnings:
-            n = len(self.signal_warnings)
-            relative, warning = self.signal_warnings[0]
+        if self.file_warnings:
+            n = len(self.file_warnings)
+            relative, warning = self.file_warnings[0]
             files = "1 file was" if n == 1 else f"{n} files were"
             lines.append(f"{files} scanned with a warning in the per-file table's error column "
                          f"({'' if n == 1 else 'the first: '}{relative}: {warning})")
@@ -260,7 +260,7 @@ class ScanCollector:
             if info is not None and info.local_start is not None and info.utc_start is None:
                 self.summary.files_without_utc += 1
             if decoded.warning:
-                self.summary.signal_warnings.append((relative, decoded.warning))
+                self.summary.file_warnings.append((relative, decoded.warning))
         else:
             self.summary.files_failed += 1
             self.summary.failures.append((relative, decoded.error))
@@ -292,6 +292,7 @@ class ScanCollector:
         return self._file_record(
             rec.relative, site=info.site if info else rec.path.parent.name, size=rec.size, mtime_ns=rec.mtime_ns,
             status="ok" if ok else "failed", error=decoded.error or decoded.warning, duration_s=seconds if ok else None,
+            silent_s=min(decoded.silent_seconds, seconds) if ok else None,
             sample_rate=decoded.sample_rate, channels=decoded.channels,
             recorder_start_utc=info.utc_start if info else None,
             recorder_start_local=info.local_start if info else None,

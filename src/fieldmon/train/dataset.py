@@ -15,9 +15,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
-from fieldmon.audio import AUDIO_EXTENSIONS, is_audio_file
+from fieldmon.audio import AUDIO_EXTENSIONS, AudioReadError, is_audio_file, open_sound
+from fieldmon.wav_header import header_note
 
 SPLITS = ("train", "validation", "test")
 PAPER_SPLIT = (0.50, 0.15, 0.35)
@@ -96,14 +96,18 @@ def load_clips(source: str | Path, known_labels: list[str] | None = None) -> Cli
             problems.append(f"{clip.path}: file not found")
             continue
         try:
-            info = sf.info(str(clip.path))
-        except Exception as exc:  # soundfile raises several types for unreadable files
-            problems.append(f"{clip.path}: not readable audio ({exc})")
+            with open_sound(clip.path) as sound:
+                frames, rate = sound.frames, sound.samplerate
+        except AudioReadError as exc:
+            problems.append(f"{clip.path}: not readable audio ({exc.problem})")
             continue
-        if info.frames == 0:
+        if frames == 0:
             problems.append(f"{clip.path}: holds no audio samples")
             continue
-        checked.append(Clip(clip.path, clip.label, clip.split, info.frames / info.samplerate, info.samplerate))
+        note = header_note(clip.path)
+        if note:
+            warnings.append(f"{clip.path}: {note}")
+        checked.append(Clip(clip.path, clip.label, clip.split, frames / rate, rate))
     if known_labels is not None:
         unknown = sorted({c.label for c in checked} - set(known_labels))
         if unknown:

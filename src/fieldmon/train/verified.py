@@ -18,6 +18,7 @@ from pathlib import Path
 
 import soundfile as sf
 
+from fieldmon.audio import AudioReadError
 from fieldmon.outputs.export import cut_audio
 from fieldmon.outputs.tables import species_key
 from fieldmon.outputs.verdicts import read_verdicts
@@ -61,9 +62,9 @@ def add_verified(clips: ClipSet, verdicts_path: str | Path, out_dir: str | Path)
                          "training clips do not have: an example to reject, not to train on")
         try:
             samples, sr = cut_audio(Path(row.recording), row.window_start_s, row.window_end_s)
-        except (OSError, RuntimeError, sf.SoundFileError) as exc:
+        except AudioReadError as exc:
             counts["unreadable"] += 1
-            notes.append(f"{row.recording}: cannot read the audio ({exc}); window {row.item} not trained on")
+            notes.append(f"{row.recording}: cannot read the audio ({exc.problem}); window {row.item} not trained on")
             continue
         if not len(samples):
             counts["unreadable"] += 1

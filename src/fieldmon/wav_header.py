@@ -1,0 +1,119 @@
+"""What a WAV file's header says against what the file holds.
+
+Field recorders write a WAV header first and fill in the data chunk's length when they
+close the file. Two failures follow, and libsndfile hides both:
+
+- **Unfinished**: the recorder lost power (or its card was pulled) before closing the
+  file, so the header still says the data chunk is empty. libsndfile then reads no
+  samples at all, and hours of good audio would be skipped as "no audio samples".
+  :func:`unfinished_data` finds the audio that follows, so it can be read as raw samples.
+- **Cut short**: the header promises more audio than the file holds (a full card, an
+  interrupted copy). libsndfile reads what is there without a word.
+  :func:`header_note` says so, so that the shortfall is not taken for a quiet night.
+
+Only the chunk headers are read (a few hundred bytes), never the audio.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+
+WAVE_FORMAT_PCM, WAVE_FORMAT_IEEE_FLOAT, WAVE_FORMAT_EXTENSIBLE = 1, 3, 0xFFFE
+UNKNOWN_LENGTH = 0xFFFFFFFF  # written by streaming writers; libsndfile reads to the end
+_SUBTYPES = {(WAVE_FORMAT_PCM, 8): "PCM_U8", (WAVE_FORMAT_PCM, 16): "PCM_16", (WAVE_FORMAT_PCM, 24): "PCM_24",
+             (WAVE_FORMAT_PCM, 32): "PCM_32", (WAVE_FORMAT_IEEE_FLOAT, 32): "FLOAT",
+             (WAVE_FORMAT_IEEE_FLOAT, 64): "DOUBLE"}
+_MAX_CHUNKS = 64  # a header walk that finds no data chunk by then is not a recorder's file
+
+
+@dataclass(frozen=True)
+class WavLayout:
+    """The header's format and where its data chunk lies."""
+
+    format_tag: int
+    channels: int
+    sample_rate: int
+    bits: int
+    block_align: int
+    data_offset: int  # of the first audio byte
+    declared_bytes: int  # the data chunk's length as the header gives it
+    available_bytes: int  # bytes in the file from data_offset to its end
+
+    @property
+    def subtype(self) -> str | None:
+        """soundfile's name for the sample format, or None where fieldmon cannot read it raw."""
+        return _SUBTYPES.get((self.format_tag, self.bits))
+
+    def seconds(self, nbytes: int) -> float:
+        return nbytes / (self.block_align * self.sample_rate)
+
+
+def read_wav_layout(path: str | os.PathLike) -> WavLayout | None:
+    """The layout of a RIFF/WAVE file's header, or None for any other file or a header
+    this walk cannot follow (libsndfile then judges the file on its own)."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            riff = f.read(12)
+            if riff[:4] != b"RIFF" or riff[8:] != b"WAVE":
+                return None
+            fmt = None
+            for _ in range(_MAX_CHUNKS):
+                head = f.read(8)
+                if len(head) < 8:
+                    return None
+                chunk, length = head[:4], struct.unpack("<I", head[4:])[0]
+                if chunk == b"data":
+                    if fmt is None:
+                        return None
+                    offset = f.tell()
+                    # an empty data chunk followed by another chunk is truly empty, not unfinished
+                    available = 0 if length == 0 and _is_chunk_header(f.read(8), size - offset) else size - offset
+                    return WavLayout(*fmt, data_offset=offset, declared_bytes=length, available_bytes=available)
+                if chunk == b"fmt " and 16 <= length <= 256:
+                    fmt = _format(f.read(length))
+                else:
+                    f.seek(length + (length & 1), os.SEEK_CUR)
+    except OSError:
+        return None
+    return None
+
+
+def _is_chunk_header(head: bytes, room: int) -> bool:
+    return (len(head) == 8 and all(32 <= c < 127 for c in head[:4])
+            and struct.unpack("<I", head[4:])[0] <= room - 8)
+
+
+def _format(body: bytes) -> tuple[int, int, int, int, int] | None:
+    tag, channels, rate, _, block_align, bits = struct.unpack("<HHIIHH", body[:16])
+    if tag == WAVE_FORMAT_EXTENSIBLE and len(body) >= 26:
+        tag = struct.unpack("<H", body[24:26])[0]  # the sub-format GUID starts with the plain tag
+    if not channels or not rate or not block_align:
+        return None
+    return tag, channels, rate, bits, block_align
+
+
+def unfinished_data(layout: WavLayout | None) -> bool:
+    """Whether the header says the data chunk is empty although audio follows it, and
+    that audio is in a sample format that can be read raw."""
+    if layout is None or layout.declared_bytes != 0 or layout.subtype is None:
+        return False
+    return layout.available_bytes >= layout.block_align
+
+
+def header_note(path: str | os.PathLike) -> str | None:
+    """What the header says that a reader of the audio would not notice, or None."""
+    layout = read_wav_layout(path)
+    if layout is None:
+        return None
+    if unfinished_data(layout):
+        frames = layout.available_bytes // layout.block_align
+        return (f"the header says the recording holds no audio, but {frames / layout.sample_rate:.1f} s of it "
+                "follow: an unfinished file (did the recorder lose power before closing it?), read to its end")
+    if layout.declared_bytes != UNKNOWN_LENGTH and layout.declared_bytes > layout.available_bytes:
+        return (f"cut short: the header promises {layout.seconds(layout.declared_bytes):.1f} s but the file ends "
+                f"after {layout.seconds(layout.available_bytes):.1f} s (a full card, an interrupted copy, "
+                "or lost power?)")
+    return None
