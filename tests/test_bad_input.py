@@ -100,7 +100,9 @@ def test_mixed_bad_and_unusual_files(tmp_path, tiny_model):
     assert windows["unfinished.wav"] == 2 and ok.loc["unfinished.wav", "duration_s"] == 4.0
     unfinished = det[det.path == "unfinished.wav"].reset_index(drop=True)
     same = det[det.path == "good.wav"].reset_index(drop=True)
-    assert np.array_equal(unfinished.score, same.score) and list(unfinished.label) == list(same.label)
+    # the same audio as good.wav (scores to float error: the batches hold other windows)
+    np.testing.assert_allclose(unfinished.score, same.score, rtol=1e-4)
+    assert list(unfinished.label) == list(same.label)
     assert {"site_a/same.wav", "site_b/same.wav", "with space ünïcode.wav", "latin1_\\xe9t\\xe9.wav"} <= set(ok.index)
     assert len(det) == ok["windows"].sum()
     # Scanned, since their windows are as real as any, but flagged: silence from a broken

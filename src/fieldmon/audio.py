@@ -3,7 +3,6 @@ rate, and cutting 2 s windows."""
 
 from __future__ import annotations
 
-import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +12,7 @@ import soundfile as sf
 import soxr
 
 from fieldmon.features import repeat_to_length
-from fieldmon.wav_header import WavLayout, read_wav_layout, unfinished_data
+from fieldmon.wav_header import open_unfinished, read_wav_layout, unfinished_data
 
 AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".mp3", ".aif", ".aiff"})
 
@@ -42,65 +41,13 @@ def open_sound(path: str | os.PathLike) -> sf.SoundFile:
     try:
         layout = read_wav_layout(path)
         if unfinished_data(layout):
-            return _raw_sound(path, layout)
+            return open_unfinished(path, layout)
         # bytes, so that names that are not valid UTF-8 still open
         return sf.SoundFile(os.fsencode(path))
     except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
         raise AudioReadError(path, f"not a readable audio file ({exc})") from exc
     except OSError as exc:
         raise AudioReadError(path, exc.strerror or str(exc)) from exc
-
-
-class _DataChunk(io.RawIOBase):
-    """The bytes of a file from ``offset`` on, as a file of their own."""
-
-    def __init__(self, path: str | os.PathLike, offset: int) -> None:
-        self._file = open(path, "rb")
-        self._offset = offset
-        self._file.seek(offset)
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        return self._file.readinto(buffer)
-
-    def seek(self, pos: int, whence: int = os.SEEK_SET) -> int:
-        return self._file.seek(pos + self._offset if whence == os.SEEK_SET else pos, whence) - self._offset
-
-    def tell(self) -> int:
-        return self._file.tell() - self._offset
-
-    def close(self) -> None:
-        self._file.close()
-        super().close()
-
-
-class _RawSound(sf.SoundFile):
-    """A SoundFile that closes the data chunk it reads when it is closed."""
-
-    def close(self) -> None:
-        super().close()
-        chunk = getattr(self, "data_chunk", None)  # absent when opening failed
-        if chunk is not None:
-            chunk.close()
-
-
-def _raw_sound(path: str | os.PathLike, layout: WavLayout) -> sf.SoundFile:
-    """The samples after an unfinished WAV header (see fieldmon.wav_header), read raw in the
-    header's format, whole frames only."""
-    chunk = _DataChunk(path, layout.data_offset)
-    try:
-        sound = _RawSound(chunk, format="RAW", samplerate=layout.sample_rate, channels=layout.channels,
-                          subtype=layout.subtype, endian="LITTLE")
-    except BaseException:
-        chunk.close()
-        raise
-    sound.data_chunk = chunk
-    return sound
 
 
 def to_mono(samples: np.ndarray, channel: int | None = None) -> np.ndarray:
@@ -174,7 +121,7 @@ class StreamEnd:
     read: int  # at the file's rate
     nonfinite: int  # of those read, how many were NaN or infinite (in any channel)
     heard: bool  # whether any finite sample of the downmix is non-zero; False for digital silence
-    silent: int = 0  # of those read, how many lie in stretches of SILENT_STRETCH_SECONDS or more of them
+    silent: int  # of those read, how many lie in stretches of SILENT_STRETCH_SECONDS or more of them
 
 
 # Exact zeros (or non-numbers read as zero) this long are no recording: a microphone that

@@ -6,19 +6,23 @@ close the file. Two failures follow, and libsndfile hides both:
 - **Unfinished**: the recorder lost power (or its card was pulled) before closing the
   file, so the header still says the data chunk is empty. libsndfile then reads no
   samples at all, and hours of good audio would be skipped as "no audio samples".
-  :func:`unfinished_data` finds the audio that follows, so it can be read as raw samples.
+  :func:`unfinished_data` finds the audio that follows, and :func:`open_unfinished` reads
+  it as raw samples.
 - **Cut short**: the header promises more audio than the file holds (a full card, an
   interrupted copy). libsndfile reads what is there without a word.
   :func:`header_note` says so, so that the shortfall is not taken for a quiet night.
 
-Only the chunk headers are read (a few hundred bytes), never the audio.
+Telling them apart reads only the chunk headers (a few hundred bytes), never the audio.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 from dataclasses import dataclass
+
+import soundfile as sf
 
 WAVE_FORMAT_PCM, WAVE_FORMAT_IEEE_FLOAT, WAVE_FORMAT_EXTENSIBLE = 1, 3, 0xFFFE
 UNKNOWN_LENGTH = 0xFFFFFFFF  # written by streaming writers; libsndfile reads to the end
@@ -117,3 +121,55 @@ def header_note(path: str | os.PathLike) -> str | None:
                 f"after {layout.seconds(layout.available_bytes):.1f} s (a full card, an interrupted copy, "
                 "or lost power?)")
     return None
+
+
+class _DataChunk(io.RawIOBase):
+    """The bytes of a file from ``offset`` on, as a file of their own."""
+
+    def __init__(self, path: str | os.PathLike, offset: int) -> None:
+        self._file = open(path, "rb")
+        self._offset = offset
+        self._file.seek(offset)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        return self._file.readinto(buffer)
+
+    def seek(self, pos: int, whence: int = os.SEEK_SET) -> int:
+        return self._file.seek(pos + self._offset if whence == os.SEEK_SET else pos, whence) - self._offset
+
+    def tell(self) -> int:
+        return self._file.tell() - self._offset
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+class _RawSound(sf.SoundFile):
+    """A SoundFile that closes the data chunk it reads when it is closed."""
+
+    def close(self) -> None:
+        super().close()
+        chunk = getattr(self, "data_chunk", None)  # absent when opening failed
+        if chunk is not None:
+            chunk.close()
+
+
+def open_unfinished(path: str | os.PathLike, layout: WavLayout) -> sf.SoundFile:
+    """The samples after an unfinished header (:func:`unfinished_data`), read raw in the
+    header's format, whole frames only."""
+    chunk = _DataChunk(path, layout.data_offset)
+    try:
+        sound = _RawSound(chunk, format="RAW", samplerate=layout.sample_rate, channels=layout.channels,
+                          subtype=layout.subtype, endian="LITTLE")
+    except BaseException:
+        chunk.close()
+        raise
+    sound.data_chunk = chunk
+    return sound

@@ -60,6 +60,10 @@ def audible_seconds(files: pd.DataFrame) -> pd.Series:
     return (files["duration_s"].fillna(0) - silent).clip(lower=0)
 
 
+def silent_seconds(files: pd.DataFrame) -> pd.Series:
+    return files["duration_s"].fillna(0) - audible_seconds(files)
+
+
 def date_range(filters: Filters) -> tuple[pd.Timestamp | None, pd.Timestamp | None]:
     lo = filters.start.normalize() if filters.start is not None else None
     hi = filters.end.normalize() + pd.Timedelta(days=1) if filters.end is not None else None

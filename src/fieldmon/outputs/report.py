@@ -21,7 +21,7 @@ import pandas as pd
 from fieldmon import __version__
 from fieldmon.model.metadata import UNKNOWN
 from fieldmon.outputs.effort import (audible_seconds, date_range, effort_by_hour, has_dates, naive, recorded_hours,
-                                     time_column, unplaced_hours)
+                                     silent_seconds, time_column, unplaced_hours)
 from fieldmon.outputs.model_quality import model_quality
 from fieldmon.outputs.tables import Filters, ScanOutput
 
@@ -121,10 +121,8 @@ def effort(output: ScanOutput, filters: Filters = Filters()) -> pd.DataFrame:
         return pd.DataFrame(columns=["site", "date", "hours_recorded", "hours_silent", "files_ok", "files_flagged",
                                      "files_failed"])
     start = naive(f["recorder_start_local"]).where(f["recorder_start_local"].notna(), naive(f["recorder_start_utc"]))
-    audible = audible_seconds(f)
     f = f.assign(date=start.dt.date, ok=f["status"] == "ok", failed=f["status"] == "failed",
-                 flagged=flagged_files(f), hours=audible / 3600,
-                 silent=(f["duration_s"].fillna(0) - audible) / 3600)
+                 flagged=flagged_files(f), hours=audible_seconds(f) / 3600, silent=silent_seconds(f) / 3600)
     lo, hi = date_range(filters)
     if lo is not None:
         f = f[start.reindex(f.index) >= lo]
@@ -247,7 +245,7 @@ def _hours_fact(output: ScanOutput, hours: float, filters: Filters) -> str:
         if unplaced > 0:
             notes.append(f"{unplaced:.2f} of them without a known start time, so not in the effort by hour of day")
         ok = output.files[output.files["status"] == "ok"]
-        silent = float((ok["duration_s"].fillna(0) - audible_seconds(ok)).sum() / 3600)
+        silent = float(silent_seconds(ok).sum() / 3600)
         if silent > 0:
             notes.append(f"besides {silent:.2f} of digital silence, not counted")
     return f"{hours:.2f}" + (f" ({'; '.join(notes)})" if notes else "")

@@ -44,9 +44,8 @@ class DecodedFile:
         rec = self.recording
         return json.dumps({"recording": [str(rec.path), rec.relative, rec.size, rec.mtime_ns], "info": info,
                            "sample_rate": self.sample_rate, "channels": self.channels, "windows": self.windows,
-                           "decoded_samples": self.decoded_samples, "silent_seconds": self.silent_seconds,
-                           "error": self.error,
-                           "warning": self.warning})
+                           "decoded_samples": self.decoded_samples, "error": self.error,
+                           "warning": self.warning, "silent_seconds": self.silent_seconds})
 
     @classmethod
     def from_json(cls, text: str) -> DecodedFile:
