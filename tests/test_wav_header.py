@@ -92,6 +92,26 @@ def test_headers_that_need_no_note(tmp_path):
     assert read_wav_layout(tmp_path / "missing.wav") is None
 
 
+def test_a_stale_length_is_read_to_the_end_but_not_a_chunk_or_padding_after_the_data(tmp_path):
+    good = write_wav(tmp_path / "good.wav", 3.0)
+    expected = load_audio(good, 44100)
+    # the header last written after 1 s of the 3 (or a length that wrapped past 4 GiB)
+    stale = with_data_size(good, tmp_path / "stale.wav", 2 * 44100)
+    assert sf.info(stale).frames == 44100
+    np.testing.assert_array_equal(load_audio(stale, 44100), expected)
+    assert header_note(stale) == ("the header says the recording holds 1.0 s of audio, but 3.0 s of it follow: an "
+                                  "unfinished file (did the recorder lose power before it last wrote the header?) or "
+                                  "one over 4 GiB, whose length no longer fits the header; read to its end")
+    # a metadata chunk after the data: the stated length is right
+    tagged = tmp_path / "tagged.wav"
+    tagged.write_bytes(good.read_bytes() + b"LIST" + struct.pack("<I", 50000) + bytes(50000))
+    assert header_note(tagged) is None and len(load_audio(tagged, 44100)) == 3 * 44100
+    # less than a second of bytes that are not a chunk (padding to a card's cluster, a tag)
+    padded = tmp_path / "padded.wav"
+    padded.write_bytes(good.read_bytes() + bytes(4096))
+    assert header_note(padded) is None and len(load_audio(padded, 44100)) == 3 * 44100
+
+
 def test_an_empty_data_chunk_before_another_chunk_is_truly_empty(tmp_path):
     header = write_wav(tmp_path / "good.wav", 0.0).read_bytes()  # 44-byte header, data size 0
     listed = tmp_path / "listed.wav"

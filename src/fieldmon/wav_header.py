@@ -4,8 +4,9 @@ Field recorders write a WAV header first and fill in the data chunk's length whe
 close the file. Two failures follow, and libsndfile hides both:
 
 - **Unfinished**: the recorder lost power (or its card was pulled) before closing the
-  file, so the header still says the data chunk is empty. libsndfile then reads no
-  samples at all, and hours of good audio would be skipped as "no audio samples".
+  file, so the header still says the data chunk is empty, or gives the length it had
+  when the header was last written. A RIFF length also wraps past 4 GiB. libsndfile reads
+  only what the header says: nothing at all ("no audio samples"), or the first part.
   :func:`unfinished_data` finds the audio that follows, and :func:`open_unfinished` reads
   it as raw samples.
 - **Cut short**: the header promises more audio than the file holds (a full card, an
@@ -30,6 +31,9 @@ _SUBTYPES = {(WAVE_FORMAT_PCM, 8): "PCM_U8", (WAVE_FORMAT_PCM, 16): "PCM_16", (W
              (WAVE_FORMAT_PCM, 32): "PCM_32", (WAVE_FORMAT_IEEE_FLOAT, 32): "FLOAT",
              (WAVE_FORMAT_IEEE_FLOAT, 64): "DOUBLE"}
 _MAX_CHUNKS = 64  # a header walk that finds no data chunk by then is not a recorder's file
+# Bytes past a data chunk's stated end that are not another chunk are read as audio only
+# from this much on: less is more likely padding or a tag than a recording.
+_STALE_MIN_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -43,7 +47,9 @@ class WavLayout:
     block_align: int
     data_offset: int  # of the first audio byte
     declared_bytes: int  # the data chunk's length as the header gives it
-    available_bytes: int  # bytes in the file from data_offset to its end
+    # Bytes from data_offset that can be audio: to the end of the file, or the declared
+    # length where another chunk follows it.
+    available_bytes: int
 
     @property
     def subtype(self) -> str | None:
@@ -73,8 +79,10 @@ def read_wav_layout(path: str | os.PathLike) -> WavLayout | None:
                     if fmt is None:
                         return None
                     offset = f.tell()
-                    # an empty data chunk followed by another chunk is truly empty, not unfinished
-                    available = 0 if length == 0 and _is_chunk_header(f.read(8), size - offset) else size - offset
+                    available = size - offset
+                    end = offset + length + (length & 1)
+                    if end < size and f.seek(end) == end and _is_chunk_header(f.read(8), size - end):
+                        available = length  # another chunk follows: the stated length is right
                     return WavLayout(*fmt, data_offset=offset, declared_bytes=length, available_bytes=available)
                 if chunk == b"fmt " and 16 <= length <= 256:
                     fmt = _format(f.read(length))
@@ -100,11 +108,14 @@ def _format(body: bytes) -> tuple[int, int, int, int, int] | None:
 
 
 def unfinished_data(layout: WavLayout | None) -> bool:
-    """Whether the header says the data chunk is empty although audio follows it, and
-    that audio is in a sample format that can be read raw."""
-    if layout is None or layout.declared_bytes != 0 or layout.subtype is None:
+    """Whether audio follows the data chunk's stated end (the header says it is empty, or
+    shorter than the audio after it), in a sample format that can be read raw."""
+    if layout is None or layout.subtype is None or layout.declared_bytes == UNKNOWN_LENGTH:
         return False
-    return layout.available_bytes >= layout.block_align
+    extra = layout.available_bytes - layout.declared_bytes
+    if layout.declared_bytes == 0:
+        return extra >= layout.block_align
+    return extra >= layout.block_align * layout.sample_rate * _STALE_MIN_SECONDS
 
 
 def header_note(path: str | os.PathLike) -> str | None:
@@ -114,8 +125,13 @@ def header_note(path: str | os.PathLike) -> str | None:
         return None
     if unfinished_data(layout):
         frames = layout.available_bytes // layout.block_align
-        return (f"the header says the recording holds no audio, but {frames / layout.sample_rate:.1f} s of it "
-                "follow: an unfinished file (did the recorder lose power before closing it?), read to its end")
+        follow = f"{frames / layout.sample_rate:.1f} s of it follow"
+        if layout.declared_bytes == 0:
+            return (f"the header says the recording holds no audio, but {follow}: an unfinished file (did the "
+                    "recorder lose power before closing it?), read to its end")
+        return (f"the header says the recording holds {layout.seconds(layout.declared_bytes):.1f} s of audio, but "
+                f"{follow}: an unfinished file (did the recorder lose power before it last wrote the header?) or "
+                "one over 4 GiB, whose length no longer fits the header; read to its end")
     if layout.declared_bytes != UNKNOWN_LENGTH and layout.declared_bytes > layout.available_bytes:
         return (f"cut short: the header promises {layout.seconds(layout.declared_bytes):.1f} s but the file ends "
                 f"after {layout.seconds(layout.available_bytes):.1f} s (a full card, an interrupted copy, "
