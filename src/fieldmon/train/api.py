@@ -31,6 +31,7 @@ from fieldmon.train.classifier import calibrated_threshold, threshold_for_reject
 from fieldmon.train.dataset import ClipSet, DatasetError, assign_splits, load_clips
 from fieldmon.train.loop import (StepReport, TrainingData, TrainingLoop, as_inputs, outputs_in_batches,
                                  read_checkpoint_meta)
+from fieldmon.train.same_recording import same_recordings
 from fieldmon.train.settings import TrainSettings
 from fieldmon.train.verified import VERIFIED_DIR, add_verified
 from fieldmon.tuning import describe_device, keep_freed_memory, resolve_device
@@ -140,6 +141,9 @@ def train(
     left_out = train_set.left_out + held_out.left_out
     for problem in left_out:
         cb.message(f"left out: {problem}")
+    same = [pair.problem() for pair in same_recordings([train_set, held_out])]
+    for problem in same:
+        cb.outcome(f"warning: {problem}")
 
     splits = {"train": train_set, "validation": held_out.in_split("validation"), "test": held_out.in_split("test")}
     val_set, test_set = splits["validation"], splits["test"]
@@ -248,6 +252,7 @@ def train(
         "trained": "dense head only (frozen trunk)" if base_bundle and settings.freeze_trunk else "whole network",
         "clips": {name: split.clip_count() for name, split in splits.items()},
         "clips_left_out": left_out,
+        "clips_same_recording": same,
         "windows": {"train": len(train_set.labels), "validation": len(val_set.labels), "test": len(test_set.labels)},
         "from_review": from_review,
     }
