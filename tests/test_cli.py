@@ -123,7 +123,9 @@ def test_info_marks_a_model_below_the_target_and_prints_no_local_paths(tmp_path,
                        "baseline": {"validation": {"macro_f1": 0.4, "file_macro_f1": 0.45678}},
                        "mlp_init": "random", "mlp_best_epoch": 12, "mlp_epochs": 112}
     meta["training"] = {"clips": {"train": 20, "validation": 9, "test": 0}, "steps_done": 400, "wall_seconds": 1250.0,
-                        "device": "cpu", "clips_left_out": ["/home/alice/field/clips/a/x.wav: silent"]}
+                        "device": "cpu", "clips_left_out": ["/home/alice/field/clips/a/x.wav: silent"],
+                        "clips_same_recording": ["/home/alice/field/clips/a/y.wav (a, train) and ... (b, train) hold "
+                                                 "the same recording under two labels: at most one is right"]}
     meta["provenance"] = {"command": "fieldmon train /home/alice/field/clips --out /home/alice/models/site",
                           "clips_source": "/home/alice/field/clips", "fieldmon_version": "0.1.0"}
     (bundle / "model.json").write_text(json.dumps(meta))
@@ -134,6 +136,8 @@ def test_info_marks_a_model_below_the_target_and_prints_no_local_paths(tmp_path,
     assert "PRELIMINARY: validation macro-F1 per file 0.618 is below the 0.75 target" in " ".join(out.split())
     assert "per window 0.512; shallow baseline 0.457 per file, 0.400 per window" in " ".join(out.split())
     assert "400 steps in 20 min 50 s on cpu" in " ".join(out.split())
+    assert ("1 left out (silent or unusable); 1 pair(s) holding the same recording (model.json: "
+            "training.clips_same_recording)") in " ".join(out.split())
     assert "started from random weights; kept epoch 12 of 112 by validation loss" in " ".join(out.split())
     meta["metrics"]["validation"]["file_macro_f1"] = 0.8
     (bundle / "model.json").write_text(json.dumps(meta))

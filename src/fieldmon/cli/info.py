@@ -130,6 +130,9 @@ def training_line(training: dict, provenance: dict) -> str:
     left_out = training.get("clips_left_out") or []
     if left_out:
         parts.append(f"{len(left_out)} left out (silent or unusable)")
+    same = training.get("clips_same_recording") or []
+    if same:
+        parts.append(f"{len(same)} pair(s) holding the same recording (model.json: training.clips_same_recording)")
     run = []
     if training.get("steps_done") is not None:
         run.append(f"{training['steps_done']:,} steps")
