@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from fieldmon.evaluation.evaluate import evaluate
 from fieldmon.features import FeatureSettings
 from fieldmon.train.cache import FeatureCache, build_window_set
 from fieldmon.train.dataset import load_clips
@@ -88,10 +89,8 @@ def test_twice_in_one_split(tmp_path):
                     reason="needs ../shared/data/insectset32 (the project's shared data), absent in a user's clone")
 def test_insectset32_holds_one_recording_under_two_labels(tmp_path):
     manifest = Path(__file__).parents[2] / "shared" / "data" / "insectset32" / "manifest.csv"
-    clips = load_clips(manifest)
-    cache = tmp_path / "cache"
-    held_out = build_window_set([c for c in clips.clips if c.split == "validation"], clips.class_names,
-                                FeatureCache(cache, FeatureSettings(), 2.0))
-    found = same_recordings([held_out])
-    assert [(p.first.label, p.second.label) for p in found] == [("Platypleuraplumosa", "Pycnasemiclara")]
-    assert found[0].first.path.name == "MHV%20321%20P.plumosa%20Ghwarriepoort%20River%20%231.flac"
+    result = evaluate("default", manifest, split="validation", cache_dir=tmp_path / "cache")
+    [problem] = result["clips_same_recording"]
+    assert problem.endswith("MHV%20321%20P.plumosa%20Ghwarriepoort%20River%20%231_0.flac (Pycnasemiclara, "
+                            "validation) hold the same recording under two labels: at most one is right")
+    assert "MHV%20321%20P.plumosa%20Ghwarriepoort%20River%20%231.flac (Platypleuraplumosa, validation)" in problem

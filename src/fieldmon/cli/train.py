@@ -113,6 +113,8 @@ def print_evaluation(result: dict, json_out: Path | None) -> None:
     console.print(per_class)
     for problem in result.get("clips_left_out", []):
         console.print(f"[yellow]left out[/]: {problem}", highlight=False, soft_wrap=True)
+    for problem in result.get("clips_same_recording", []):
+        console.print(f"[yellow]warning[/]: {problem}", highlight=False, soft_wrap=True)
     if json_out is not None:
         json_out.write_text(json.dumps(result, indent=2) + "\n")
         console.print(f"wrote {json_out}")

@@ -20,6 +20,7 @@ from fieldmon.model.bundle import ModelBundle
 from fieldmon.model.loading import load_model
 from fieldmon.train.cache import EVALUATION_HOP_SECONDS, FeatureCache, build_window_set
 from fieldmon.train.dataset import DatasetError, load_clips
+from fieldmon.train.same_recording import same_recordings
 
 
 def predict_features(bundle: ModelBundle, features: np.ndarray, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
@@ -111,4 +112,5 @@ def evaluate(
     result["model_id"] = bundle.model_id
     result["split"] = split
     result["clips_left_out"] = windows.left_out
+    result["clips_same_recording"] = [pair.problem() for pair in same_recordings([windows])]
     return result
