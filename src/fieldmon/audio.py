@@ -131,11 +131,12 @@ SILENT_STRETCH_SECONDS = 1.0
 
 class SilenceCounter:
     """Counts the samples in stretches of at least ``min_samples`` zeros, across the blocks
-    of a stream."""
+    of a stream, and whether any sample was not zero (``heard``)."""
 
     def __init__(self, min_samples: int) -> None:
         self.min_samples = max(1, min_samples)
         self.silent = 0
+        self.heard = False
         self._seen = 0
         self._open_since: int | None = None  # where a stretch still running at the last block's end began
 
@@ -144,6 +145,7 @@ class SilenceCounter:
             return
         zero = np.concatenate(([False], block == 0, [False]))
         edges = np.flatnonzero(zero[1:] != zero[:-1])
+        self.heard = self.heard or not (len(edges) == 2 and edges[0] == 0 and edges[1] == len(block))
         starts, ends = edges[0::2] + self._seen, edges[1::2] + self._seen
         if self._open_since is not None:
             if len(starts) and starts[0] == self._seen:
@@ -193,7 +195,6 @@ def stream_windows(
         offset = 0  # target-rate index of buffer[0]
         next_start = 0
         total = read = nonfinite = 0
-        heard = False
         silence = SilenceCounter(round(SILENT_STRETCH_SECONDS * sound.samplerate))
         block = max(1, int(block_seconds * sound.samplerate))
         while True:
@@ -208,7 +209,6 @@ def stream_windows(
             if not finite.all():
                 nonfinite += int(len(mono) - finite.sum())
                 mono = np.where(finite, mono, np.float32(0))
-            heard = heard or bool(np.any(mono))
             silence.add(mono)
             if resampler is not None:
                 mono = resampler.resample_chunk(mono, last=last)
@@ -234,4 +234,4 @@ def stream_windows(
                 buffer = buffer[drop:]
                 offset += drop
             if last:
-                return StreamEnd(total, read, nonfinite, heard, silence.finish())
+                return StreamEnd(total, read, nonfinite, silence.heard, silence.finish())
